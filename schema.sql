@@ -1,0 +1,117 @@
+-- agent-resilience PostgreSQL schema.
+--
+-- This file is the complete current schema. Applying it brings any earlier
+-- version of the database up to date, and applying it twice changes nothing:
+-- every statement is CREATE ... IF NOT EXISTS or ADD COLUMN IF NOT EXISTS.
+-- Every time is timestamptz, and every table has created_at.
+
+-- Circuit breaker transitions. Redis holds the live state; this table is the
+-- durable record of the last transition per service.
+CREATE TABLE IF NOT EXISTS circuit_breaker_state (
+    id bigserial PRIMARY KEY,
+    service_name text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE circuit_breaker_state
+    ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'closed',
+    ADD COLUMN IF NOT EXISTS generation bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS consecutive_fails integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_failure timestamptz,
+    ADD COLUMN IF NOT EXISTS last_success timestamptz,
+    ADD COLUMN IF NOT EXISTS opened_until timestamptz,
+    ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+CREATE UNIQUE INDEX IF NOT EXISTS circuit_breaker_state_service_name_key
+    ON circuit_breaker_state (service_name);
+
+-- Human escalations: one row per Step Functions execution. The task token is
+-- stored encrypted; `token` is a hash of the link secret, never the secret.
+CREATE TABLE IF NOT EXISTS escalation_token (
+    id bigserial PRIMARY KEY,
+    task_run_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE escalation_token
+    ADD COLUMN IF NOT EXISTS token text,
+    ADD COLUMN IF NOT EXISTS task_token bytea,
+    ADD COLUMN IF NOT EXISTS data bytea,
+    ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'pending',
+    ADD COLUMN IF NOT EXISTS decision text,
+    ADD COLUMN IF NOT EXISTS reason text,
+    ADD COLUMN IF NOT EXISTS expires_at timestamptz,
+    ADD COLUMN IF NOT EXISTS resolved_at timestamptz,
+    ADD COLUMN IF NOT EXISTS resolved_by text,
+    ADD COLUMN IF NOT EXISTS org_id text NOT NULL DEFAULT 'default';
+CREATE UNIQUE INDEX IF NOT EXISTS escalation_token_task_run_id_key
+    ON escalation_token (task_run_id);
+CREATE UNIQUE INDEX IF NOT EXISTS escalation_token_token_key
+    ON escalation_token (token);
+CREATE INDEX IF NOT EXISTS escalation_token_pending_idx
+    ON escalation_token (created_at) WHERE resolved_at IS NULL;
+
+-- Partial-success items. One row per idempotency key
+-- `batch:{batch_id}:item:{item_id}`; a row in_progress is a lease that ends
+-- at lease_until.
+CREATE TABLE IF NOT EXISTS batch_item (
+    id bigserial PRIMARY KEY,
+    batch_id text NOT NULL,
+    item_id text NOT NULL,
+    idempotency_key text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE batch_item
+    ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'in_progress',
+    ADD COLUMN IF NOT EXISTS success boolean,
+    ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS reason text,
+    ADD COLUMN IF NOT EXISTS output jsonb,
+    ADD COLUMN IF NOT EXISTS payload_hash text,
+    ADD COLUMN IF NOT EXISTS lease_until timestamptz,
+    ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN IF NOT EXISTS org_id text NOT NULL DEFAULT 'default';
+CREATE UNIQUE INDEX IF NOT EXISTS batch_item_idempotency_key_key
+    ON batch_item (idempotency_key);
+CREATE INDEX IF NOT EXISTS batch_item_batch_id_idx ON batch_item (batch_id);
+CREATE INDEX IF NOT EXISTS batch_item_failed_idx
+    ON batch_item (batch_id) WHERE status = 'failed';
+
+-- Every mutation of every pattern. dedupe_key, when present, makes a retried
+-- write of the same event a no-op.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id bigserial PRIMARY KEY,
+    pattern text NOT NULL,
+    action text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE audit_log
+    ADD COLUMN IF NOT EXISTS task_id text,
+    ADD COLUMN IF NOT EXISTS run_id text,
+    ADD COLUMN IF NOT EXISTS org_id text,
+    ADD COLUMN IF NOT EXISTS actor text,
+    ADD COLUMN IF NOT EXISTS metadata jsonb NOT NULL DEFAULT '{}'::jsonb,
+    ADD COLUMN IF NOT EXISTS dedupe_key text;
+CREATE UNIQUE INDEX IF NOT EXISTS audit_log_dedupe_key_key
+    ON audit_log (dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_log_task_id_idx ON audit_log (task_id);
+CREATE INDEX IF NOT EXISTS audit_log_created_at_idx ON audit_log (created_at);
+
+-- One row per LLM call, cached and template answers included. cost is NULL
+-- when the model has no price, never 0.
+CREATE TABLE IF NOT EXISTS llm_usage (
+    id bigserial PRIMARY KEY,
+    task_run_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE llm_usage
+    ADD COLUMN IF NOT EXISTS org_id text NOT NULL DEFAULT 'default',
+    ADD COLUMN IF NOT EXISTS model text NOT NULL DEFAULT '',
+    ADD COLUMN IF NOT EXISTS provider text NOT NULL DEFAULT '',
+    ADD COLUMN IF NOT EXISTS prompt_tokens integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS completion_tokens integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS total_tokens integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS cost numeric(14, 8),
+    ADD COLUMN IF NOT EXISTS cached boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS degraded boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS latency_ms integer NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS llm_usage_org_created_idx
+    ON llm_usage (org_id, created_at);
+CREATE INDEX IF NOT EXISTS llm_usage_task_run_id_idx ON llm_usage (task_run_id);

@@ -1,0 +1,168 @@
+"""HTTP API helpers shared by the handlers: org id, JSON bodies, error shapes.
+
+Every error response has the same JSON shape::
+
+    {"error": "validation_error", "message": "...", "field": "items[2].id"}
+
+``message`` says what was expected, what was found and what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+from aws_lambda_powertools.event_handler import (
+    APIGatewayHttpResolver,
+    CORSConfig,
+    Response,
+    content_types,
+)
+
+from resilience.errors import (
+    BreakerOpenError,
+    ConflictError,
+    NotFoundError,
+    ResilienceError,
+    StoreUnavailableError,
+    ValidationError,
+)
+
+__all__ = [
+    "DEFAULT_ORG_ID",
+    "build_resolver",
+    "error_response",
+    "json_body",
+    "json_response",
+    "org_id_from_http_event",
+    "validate_org_id",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ORG_ID = "default"
+ORG_ID_CLAIMS = ("org_id", "custom:org_id")
+ORG_ID_HEADER = "x-org-id"
+# Only the local stack sets this: in AWS the org id comes from the verified JWT.
+ENV_TRUST_ORG_ID_HEADER = "TRUST_ORG_ID_HEADER"
+ENV_CORS_ALLOW_ORIGIN = "CORS_ALLOW_ORIGIN"
+
+_ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def validate_org_id(raw: object, *, field: str = "orgId") -> str:
+    """Return a valid org id, ``default`` when absent; reject malformed ones."""
+    if raw is None or raw == "":
+        return DEFAULT_ORG_ID
+    if not isinstance(raw, str) or not _ORG_ID_PATTERN.match(raw):
+        raise ValidationError(
+            f"{field} must be 1-64 characters of letters, digits, '_', '.', ':' "
+            f"or '-', got {raw!r}",
+            field=field,
+        )
+    return raw
+
+
+def org_id_from_http_event(event: dict[str, Any]) -> str:
+    """Read the org id from the JWT claims, or the X-Org-Id header locally."""
+    authorizer = (event.get("requestContext") or {}).get("authorizer") or {}
+    claims = (authorizer.get("jwt") or {}).get("claims") or {}
+    for claim in ORG_ID_CLAIMS:
+        if claims.get(claim):
+            return validate_org_id(claims[claim], field=f"JWT claim {claim}")
+
+    if os.environ.get(ENV_TRUST_ORG_ID_HEADER, "").lower() == "true":
+        headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+        return validate_org_id(headers.get(ORG_ID_HEADER), field="X-Org-Id header")
+    return DEFAULT_ORG_ID
+
+
+def json_body(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
+    """Parse the request body as a JSON object or raise a 400 ValidationError."""
+    raw = resolver.current_event.decoded_body
+    if not raw:
+        raise ValidationError(
+            "request body is empty: send a JSON object with Content-Type "
+            "application/json",
+            field="body",
+        )
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"request body is not valid JSON ({exc.msg} at position {exc.pos})",
+            field="body",
+        ) from None
+    if not isinstance(body, dict):
+        raise ValidationError(
+            f"request body must be a JSON object, got {type(body).__name__}",
+            field="body",
+        )
+    return body
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body, default=str),
+        headers=headers,
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, **extra: Any
+) -> Response:
+    body = {"error": code, "message": message}
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return json_response(status, body)
+
+
+def build_resolver() -> APIGatewayHttpResolver:
+    """Build an HTTP API resolver with CORS and the shared error mapping."""
+    origin = os.environ.get(ENV_CORS_ALLOW_ORIGIN, "")
+    cors = CORSConfig(allow_origin=origin, max_age=600) if origin else None
+    resolver = APIGatewayHttpResolver(cors=cors)
+
+    @resolver.exception_handler(ValidationError)
+    def _validation(error: ValidationError) -> Response:
+        return error_response(400, "validation_error", str(error), field=error.field)
+
+    @resolver.exception_handler(NotFoundError)
+    def _not_found(error: NotFoundError) -> Response:
+        return error_response(404, "not_found", str(error))
+
+    @resolver.exception_handler(ConflictError)
+    def _conflict(error: ConflictError) -> Response:
+        return error_response(409, "conflict", str(error))
+
+    @resolver.exception_handler(BreakerOpenError)
+    def _breaker_open(error: BreakerOpenError) -> Response:
+        retry_after_ms = max(0, round(error.retry_after * 1000))
+        response = error_response(
+            503,
+            "breaker_open",
+            str(error),
+            service=error.service,
+            state=error.state,
+            retryAfterMs=retry_after_ms,
+        )
+        response.headers["Retry-After"] = str(max(1, -(-retry_after_ms // 1000)))
+        return response
+
+    @resolver.exception_handler(StoreUnavailableError)
+    def _store_unavailable(error: StoreUnavailableError) -> Response:
+        logger.error("api.store_unavailable", extra={"error": str(error)})
+        return error_response(
+            503, "store_unavailable", "a backing store is unavailable: retry shortly"
+        )
+
+    @resolver.exception_handler(ResilienceError)
+    def _other(error: ResilienceError) -> Response:
+        logger.error("api.unhandled_resilience_error", exc_info=error)
+        return error_response(500, "internal_error", type(error).__name__)
+
+    return resolver

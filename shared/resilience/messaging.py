@@ -1,0 +1,70 @@
+"""SQS helpers shared by the handlers: org id and reply queues.
+
+A message may carry two attributes besides its body:
+
+- ``orgId`` (String): the org the work is for, ``default`` when absent.
+- ``replyTo`` (String): a queue name or URL; the handler sends the result there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import cache
+from typing import Any
+
+from resilience.api import validate_org_id
+
+__all__ = ["message_attribute", "org_id_from_record", "send_reply", "sqs_client"]
+
+logger = logging.getLogger(__name__)
+
+
+def message_attribute(record: dict[str, Any], name: str) -> str | None:
+    """Return a String message attribute of an SQS record, or None."""
+    attributes = record.get("messageAttributes") or {}
+    attribute = attributes.get(name) or {}
+    value = attribute.get("stringValue") or attribute.get("StringValue")
+    return str(value) if value is not None else None
+
+
+def org_id_from_record(record: dict[str, Any]) -> str:
+    return validate_org_id(message_attribute(record, "orgId"), field="orgId attribute")
+
+
+@cache
+def sqs_client() -> Any:
+    """Return one boto3 SQS client per container (endpoint from AWS_ENDPOINT_URL)."""
+    import boto3
+
+    return boto3.client("sqs")
+
+
+def send_reply(record: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Send ``result`` to the queue named by the record's ``replyTo`` attribute.
+
+    Returns:
+        True when a reply was sent, False when the record asked for none.
+    """
+    reply_to = message_attribute(record, "replyTo")
+    if not reply_to:
+        return False
+
+    client = sqs_client()
+    if reply_to.startswith(("https://", "http://")):
+        queue_url = reply_to
+    else:
+        queue_url = client.get_queue_url(QueueName=reply_to)["QueueUrl"]
+
+    client.send_message(
+        QueueUrl=queue_url,
+        MessageBody=json.dumps(result, default=str),
+        MessageAttributes={
+            "inReplyTo": {"DataType": "String", "StringValue": record["messageId"]}
+        },
+    )
+    logger.info(
+        "sqs.reply_sent",
+        extra={"message_id": record.get("messageId"), "reply_to": reply_to},
+    )
+    return True

@@ -1,0 +1,101 @@
+"""Metrics, Sentry and logging set-up shared by every handler.
+
+The library logs with ``logging.getLogger(__name__)``; handlers create a
+Powertools ``Logger``, which formats those records as JSON with the Lambda
+context. Metrics are CloudWatch Embedded Metric Format lines written with
+Powertools ``single_metric``, so library code can emit one without the
+handler's flush decorator.
+
+Settings: ``POWERTOOLS_METRICS_NAMESPACE`` (default ``AgentResilience``),
+``POWERTOOLS_SERVICE_NAME``, ``SENTRY_DSN`` (Sentry is off when unset),
+``ENVIRONMENT`` (Sentry environment, default ``dev``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+__all__ = [
+    "MetricUnit",
+    "capture_exception",
+    "capture_message",
+    "emit_metric",
+    "init_sentry",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "AgentResilience"
+
+_sentry_lock = threading.Lock()
+_sentry_ready = False
+
+
+def emit_metric(
+    name: str,
+    value: float = 1,
+    unit: MetricUnit = MetricUnit.Count,
+    **dimensions: str,
+) -> None:
+    """Write one metric as an EMF line; failures are logged, never raised."""
+    namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
+    try:
+        with single_metric(
+            name=name, unit=unit, value=value, namespace=namespace
+        ) as metric:
+            for key, dimension_value in dimensions.items():
+                metric.add_dimension(name=key, value=str(dimension_value))
+    except Exception:
+        # A metric must never fail the work it describes.
+        logger.warning("metric.emit_failed", extra={"metric": name}, exc_info=True)
+
+
+def init_sentry() -> bool:
+    """Initialise Sentry once per container when ``SENTRY_DSN`` is set."""
+    global _sentry_ready
+    dsn = os.environ.get("SENTRY_DSN", "")
+    if not dsn:
+        return False
+    with _sentry_lock:
+        if not _sentry_ready:
+            import sentry_sdk
+            from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
+
+            sentry_sdk.init(
+                dsn=dsn,
+                environment=os.environ.get("ENVIRONMENT", "dev"),
+                integrations=[AwsLambdaIntegration(timeout_warning=True)],
+                send_default_pii=False,
+                traces_sample_rate=0.0,
+            )
+            _sentry_ready = True
+    return True
+
+
+def capture_exception(error: BaseException, **tags: Any) -> None:
+    """Send an error to Sentry with tags when Sentry is configured."""
+    if not init_sentry():
+        return
+    import sentry_sdk
+
+    with sentry_sdk.new_scope() as scope:
+        for key, value in tags.items():
+            scope.set_tag(key, str(value))
+        sentry_sdk.capture_exception(error)
+
+
+def capture_message(message: str, level: str = "warning", **tags: Any) -> None:
+    """Send a message event to Sentry with tags when Sentry is configured."""
+    if not init_sentry():
+        return
+    import sentry_sdk
+
+    with sentry_sdk.new_scope() as scope:
+        for key, value in tags.items():
+            scope.set_tag(key, str(value))
+        sentry_sdk.capture_message(message, level=level)  # type: ignore[arg-type]
