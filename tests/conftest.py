@@ -73,7 +73,9 @@ def database(database_url: str) -> Iterator[Database]:
     with database.transaction() as connection:
         connection.execute(
             sql.SQL("TRUNCATE {} RESTART IDENTITY").format(
-                sql.SQL(", ").join(sql.Identifier(table) for table in _tables(connection))
+                sql.SQL(", ").join(
+                    sql.Identifier(table) for table in _tables(connection)
+                )
             )
         )
     try:

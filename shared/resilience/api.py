@@ -104,7 +104,9 @@ def json_body(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
     return body
 
 
-def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    status: int, body: Any, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
@@ -113,9 +115,7 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     )
 
 
-def error_response(
-    status: int, code: str, message: str, **extra: Any
-) -> Response:
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
     body = {"error": code, "message": message}
     body.update({key: value for key, value in extra.items() if value is not None})
     return json_response(status, body)

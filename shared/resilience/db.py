@@ -128,7 +128,8 @@ class Database:
 
     def __repr__(self) -> str:
         state = "open" if self._is_open() else "closed"
-        return f"<Database {state} statement_timeout_ms={self.config.statement_timeout_ms}>"
+        timeout_ms = self.config.statement_timeout_ms
+        return f"<Database {state} statement_timeout_ms={timeout_ms}>"
 
     def _is_open(self) -> bool:
         return self._connection is not None and not self._connection.closed

@@ -2,9 +2,9 @@
 
 The library logs with ``logging.getLogger(__name__)``; handlers create a
 Powertools ``Logger``, which formats those records as JSON with the Lambda
-context. Metrics are CloudWatch Embedded Metric Format lines written with
-Powertools ``single_metric``, so library code can emit one without the
-handler's flush decorator.
+context. Metrics are CloudWatch Embedded Metric Format lines written by
+:func:`emit_metric`, so library code can emit one without a handler's flush
+decorator.
 
 Settings: ``POWERTOOLS_METRICS_NAMESPACE`` (default ``AgentResilience``),
 ``POWERTOOLS_SERVICE_NAME``, ``SENTRY_DSN`` (Sentry is off when unset),
@@ -13,12 +13,14 @@ Settings: ``POWERTOOLS_METRICS_NAMESPACE`` (default ``AgentResilience``),
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+import time
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 
 __all__ = [
     "MetricUnit",
@@ -42,17 +44,36 @@ def emit_metric(
     unit: MetricUnit = MetricUnit.Count,
     **dimensions: str,
 ) -> None:
-    """Write one metric as an EMF line; failures are logged, never raised."""
+    """Write one metric as a CloudWatch Embedded Metric Format line.
+
+    The metric carries exactly the dimensions given, none by default: the
+    alarms in template.yaml match metrics without dimensions. Powertools
+    ``single_metric`` would add a ``service`` dimension from
+    ``POWERTOOLS_SERVICE_NAME``, so the line is built here. Failures are
+    logged, never raised: a metric must not fail the work it describes.
+    """
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
+    document: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": namespace,
+                    "Dimensions": [sorted(dimensions)],
+                    "Metrics": [{"Name": name, "Unit": unit.value}],
+                }
+            ],
+        },
+        name: value,
+    }
+    document.update({key: str(item) for key, item in dimensions.items()})
     try:
-        with single_metric(
-            name=name, unit=unit, value=value, namespace=namespace
-        ) as metric:
-            for key, dimension_value in dimensions.items():
-                metric.add_dimension(name=key, value=str(dimension_value))
-    except Exception:
-        # A metric must never fail the work it describes.
+        line = json.dumps(document)
+    except (TypeError, ValueError):
         logger.warning("metric.emit_failed", extra={"metric": name}, exc_info=True)
+        return
+    # Lambda sends stdout to CloudWatch Logs, which extracts EMF lines.
+    print(line, flush=True)
 
 
 def init_sentry() -> bool:

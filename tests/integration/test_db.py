@@ -22,7 +22,9 @@ def test_schema_applies_twice(database: Database) -> None:
         ).fetchall()
     tables = {row["table_name"] for row in columns}
     assert {"circuit_breaker_state", "batch_item", "audit_log", "llm_usage"} <= tables
-    created = {row["table_name"] for row in columns if row["column_name"] == "created_at"}
+    created = {
+        row["table_name"] for row in columns if row["column_name"] == "created_at"
+    }
     assert created == tables
     time_types = {
         row["data_type"] for row in columns if row["data_type"].startswith("timestamp")
@@ -58,9 +60,11 @@ def test_audit_dedupe_key_writes_once(database: Database) -> None:
 
 
 def test_statement_timeout_applies(database: Database) -> None:
-    with pytest.raises(DatabaseUnavailableError, match="timed out after 100 ms"):
-        with database.transaction(statement_timeout_ms=100) as connection:
-            connection.execute("SELECT pg_sleep(2)")
+    with (
+        pytest.raises(DatabaseUnavailableError, match="timed out after 100 ms"),
+        database.transaction(statement_timeout_ms=100) as connection,
+    ):
+        connection.execute("SELECT pg_sleep(2)")
 
     with database.transaction() as connection:
         assert connection.execute("SELECT 1 AS one").fetchone() == {"one": 1}
@@ -74,9 +78,11 @@ def test_connection_reopens_after_restart() -> None:
             connection.execute("SELECT 1")
 
         server.stop()
-        with pytest.raises(DatabaseUnavailableError):
-            with database.transaction() as connection:
-                connection.execute("SELECT 1")
+        with (
+            pytest.raises(DatabaseUnavailableError),
+            database.transaction() as connection,
+        ):
+            connection.execute("SELECT 1")
 
         server.start()
         with database.transaction() as connection:
@@ -91,9 +97,11 @@ def test_config_rejects_empty_url() -> None:
 
 
 def test_sql_errors_keep_connection(database: Database) -> None:
-    with pytest.raises(psycopg.errors.UndefinedTable):
-        with database.transaction() as connection:
-            connection.execute("SELECT * FROM no_such_table")
+    with (
+        pytest.raises(psycopg.errors.UndefinedTable),
+        database.transaction() as connection,
+    ):
+        connection.execute("SELECT * FROM no_such_table")
 
     with database.transaction() as connection:
         assert connection.execute("SELECT 3 AS three").fetchone() == {"three": 3}
