@@ -74,6 +74,19 @@ CREATE INDEX IF NOT EXISTS batch_item_batch_id_idx ON batch_item (batch_id);
 CREATE INDEX IF NOT EXISTS batch_item_failed_idx
     ON batch_item (batch_id) WHERE status = 'failed';
 
+-- Partial success: leases, redrive and the side-effect policy. data is kept
+-- so that failed items can be re-sent; started_at is set while a call with
+-- side effects runs and stays set when its outcome is unknown.
+ALTER TABLE batch_item
+    ADD COLUMN IF NOT EXISTS data jsonb,
+    ADD COLUMN IF NOT EXISTS processor text,
+    ADD COLUMN IF NOT EXISTS retryable boolean,
+    ADD COLUMN IF NOT EXISTS error text,
+    ADD COLUMN IF NOT EXISTS lease_owner text,
+    ADD COLUMN IF NOT EXISTS started_at timestamptz,
+    ADD COLUMN IF NOT EXISTS completed_at timestamptz;
+CREATE INDEX IF NOT EXISTS batch_item_org_batch_idx ON batch_item (org_id, batch_id);
+
 -- Every mutation of every pattern. dedupe_key, when present, makes a retried
 -- write of the same event a no-op.
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -115,3 +128,71 @@ ALTER TABLE llm_usage
 CREATE INDEX IF NOT EXISTS llm_usage_org_created_idx
     ON llm_usage (org_id, created_at);
 CREATE INDEX IF NOT EXISTS llm_usage_task_run_id_idx ON llm_usage (task_run_id);
+
+-- Human escalation, in depth. escalation_token.task_run_id is the escalation
+-- id and the Step Functions execution name; `token` is the SHA-256 of the task
+-- token, and task_token and data are envelope-encrypted (AES-GCM).
+ALTER TABLE escalation_token
+    ADD COLUMN IF NOT EXISTS escalation_type text NOT NULL DEFAULT 'default',
+    ADD COLUMN IF NOT EXISTS requested_by text,
+    ADD COLUMN IF NOT EXISTS approvers jsonb NOT NULL DEFAULT '[]'::jsonb,
+    ADD COLUMN IF NOT EXISTS source jsonb,
+    ADD COLUMN IF NOT EXISTS app_url text,
+    ADD COLUMN IF NOT EXISTS execution_arn text,
+    ADD COLUMN IF NOT EXISTS decided_channel text,
+    ADD COLUMN IF NOT EXISTS decided_data bytea,
+    ADD COLUMN IF NOT EXISTS completed_at timestamptz,
+    ADD COLUMN IF NOT EXISTS notify_state text NOT NULL DEFAULT 'waiting',
+    ADD COLUMN IF NOT EXISTS notify_claimed_at timestamptz,
+    ADD COLUMN IF NOT EXISTS notify_error text,
+    ADD COLUMN IF NOT EXISTS slack_channel text,
+    ADD COLUMN IF NOT EXISTS slack_ts text,
+    ADD COLUMN IF NOT EXISTS reminded_at timestamptz,
+    ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+CREATE INDEX IF NOT EXISTS escalation_token_status_idx
+    ON escalation_token (status, created_at);
+
+-- One approval link per approver. Only the SHA-256 of the link's signature is
+-- stored, so the table cannot be used to rebuild a link.
+CREATE TABLE IF NOT EXISTS escalation_link (
+    id bigserial PRIMARY KEY,
+    escalation_id text NOT NULL,
+    approver text NOT NULL,
+    signature_hash text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS escalation_link_escalation_approver_key
+    ON escalation_link (escalation_id, approver);
+
+-- The winning decision of an escalation, kept until Step Functions accepts it.
+-- status: pending, delivering (leased until lease_until), delivered, gone
+-- (Step Functions no longer knows the token), superseded (the execution ended
+-- another way first).
+CREATE TABLE IF NOT EXISTS escalation_outbox (
+    id bigserial PRIMARY KEY,
+    escalation_id text NOT NULL,
+    decision text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE escalation_outbox
+    ADD COLUMN IF NOT EXISTS payload bytea,
+    ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'pending',
+    ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_error text,
+    ADD COLUMN IF NOT EXISTS lease_until timestamptz,
+    ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN IF NOT EXISTS delivered_at timestamptz,
+    ADD COLUMN IF NOT EXISTS alerted_at timestamptz,
+    ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+CREATE UNIQUE INDEX IF NOT EXISTS escalation_outbox_escalation_id_key
+    ON escalation_outbox (escalation_id);
+CREATE INDEX IF NOT EXISTS escalation_outbox_undelivered_idx
+    ON escalation_outbox (next_attempt_at)
+    WHERE status IN ('pending', 'delivering');
+
+-- Signed Slack requests already accepted, so a replayed request is rejected.
+CREATE TABLE IF NOT EXISTS slack_request_seen (
+    signature_hash text PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now()
+);

@@ -8,7 +8,10 @@ Callers branch on the class and on attributes, never on message text::
     ├── NotFoundError               unknown id, service or key (HTTP 404)
     ├── ConflictError               the request contradicts stored state (HTTP 409)
     │   └── IdempotencyConflictError  same key, different payload
+    ├── ForbiddenError              the caller may not do this (HTTP 403)
+    ├── GoneError                   the resource existed but has expired (HTTP 410)
     ├── BreakerOpenError            the breaker rejected the call (retry_after)
+    ├── BudgetExceededError         the org's hard LLM budget is spent (HTTP 429)
     ├── StoreUnavailableError       Redis or PostgreSQL cannot be reached
     │   ├── RedisUnavailableError
     │   └── DatabaseUnavailableError
@@ -19,6 +22,8 @@ Callers branch on the class and on attributes, never on message text::
     │   └── UpstreamServerError       5xx or overloaded (status)
     └── PermanentError              retrying the same request cannot help
         ├── UpstreamClientError       4xx other than 429 (status)
+        │   ├── ContextWindowExceededError  the prompt is too long for the model
+        │   └── ContentPolicyError          the provider's safety system refused
         └── AuthError                 bad credentials or configuration
 
 Third-party exceptions (httpx, redis, upstash, psycopg, botocore, openai,
@@ -31,9 +36,14 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "BreakerOpenError",
+    "BudgetExceededError",
     "ConfigError",
     "ConflictError",
+    "ContentPolicyError",
+    "ContextWindowExceededError",
     "DatabaseUnavailableError",
+    "ForbiddenError",
+    "GoneError",
     "IdempotencyConflictError",
     "NotFoundError",
     "PermanentError",
@@ -93,6 +103,14 @@ class IdempotencyConflictError(ConflictError):
             "use a new item id for new data"
         )
         self.key = key
+
+
+class ForbiddenError(ResilienceError):
+    """The caller is not allowed to do this, or its credential is invalid."""
+
+
+class GoneError(ResilienceError):
+    """The resource existed but has expired; retrying cannot revive it."""
 
 
 class BreakerOpenError(ResilienceError):
@@ -190,3 +208,23 @@ class UpstreamClientError(PermanentError):
 
 class AuthError(PermanentError):
     """Credentials or configuration were rejected by the downstream."""
+
+
+class ContextWindowExceededError(UpstreamClientError):
+    """The prompt and ``max_tokens`` do not fit the model's context window."""
+
+
+class ContentPolicyError(UpstreamClientError):
+    """The provider's content policy rejected the prompt or the output."""
+
+
+class BudgetExceededError(ResilienceError):
+    """The org's hard daily LLM budget is spent until midnight UTC (``retry_after``)."""
+
+    def __init__(
+        self, message: str, *, org_id: str, budget: str, retry_after: float
+    ) -> None:
+        super().__init__(message)
+        self.org_id = org_id
+        self.budget = budget
+        self.retry_after = retry_after

@@ -1,0 +1,243 @@
+"""Validation of escalation requests and decision bodies.
+
+Errors are :class:`~resilience.errors.ValidationError` naming the field; the
+handlers answer 400 for a bad escalation request and 422 for a bad decision.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from resilience.errors import ConfigError, ValidationError
+from resilience.escalation.config import ANYONE, MAX_TIMEOUT_S, EscalationConfig
+
+__all__ = [
+    "MAX_DATA_BYTES",
+    "DecisionBody",
+    "StartRequest",
+    "parse_decision",
+    "validate_start",
+]
+
+# Step Functions limits execution input and task output to 256 KiB; the data
+# travels in both, next to the other fields.
+MAX_DATA_BYTES = 200_000
+MAX_REASON_CHARS = 2000
+MAX_APPROVERS = 20
+_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_DECISION_FIELDS = {"decision", "data", "reason", "csrf"}
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    data: dict[str, Any]
+    reason: str
+    org_id: str
+    escalation_type: str
+    requested_by: str | None
+    approvers: list[str]
+    timeout_seconds: int
+    source: dict[str, Any] | None
+    app_url: str
+
+
+def validate_start(
+    config: EscalationConfig,
+    *,
+    data: Any,
+    reason: Any,
+    org_id: str,
+    escalation_type: Any,
+    requested_by: Any,
+    approvers: Any,
+    timeout_seconds: Any,
+    source: Any,
+    app_url: str | None,
+) -> StartRequest:
+    """Check an escalation request and fill in approvers and timeout."""
+    checked_data = validate_data(data, field="data")
+    checked_reason = _text(reason, field="reason", required=True)
+
+    if not isinstance(escalation_type, str) or not _TYPE_PATTERN.match(escalation_type):
+        raise ValidationError(
+            "escalationType must be 1-64 letters, digits, '_', '.' or '-'",
+            field="escalationType",
+        )
+    if (
+        config.types
+        and escalation_type != "default"
+        and (escalation_type not in config.types)
+    ):
+        raise ValidationError(
+            f"escalationType {escalation_type!r} is not configured: use one of "
+            f"{sorted(config.types)} or add it to ESCALATION_TYPES",
+            field="escalationType",
+        )
+    type_settings = config.escalation_type(escalation_type)
+
+    if requested_by is not None and not isinstance(requested_by, str):
+        raise ValidationError("requestedBy must be a string", field="requestedBy")
+
+    checked_approvers = _approvers(approvers, type_settings.approvers)
+    if type_settings.forbid_self_approval and requested_by:
+        checked_approvers = [a for a in checked_approvers if a != requested_by]
+        if not checked_approvers:
+            raise ValidationError(
+                f"the requester {requested_by} may not approve escalations of type "
+                f"{escalation_type!r}: name another approver",
+                field="approvers",
+            )
+
+    timeout = _timeout(
+        timeout_seconds,
+        type_settings.timeout_seconds or config.default_timeout_s,
+    )
+    if source is not None and (
+        not isinstance(source, dict) or not isinstance(source.get("pattern"), str)
+    ):
+        raise ValidationError(
+            'source must be an object with a "pattern" string, e.g. '
+            '{"pattern": "batch", "batchId": "b1", "itemId": "i1"}',
+            field="source",
+        )
+
+    base_url = (app_url or config.app_url or "").rstrip("/")
+    if not base_url.startswith(("https://", "http://")):
+        raise ConfigError(
+            "approval links need a base URL: set APP_URL (e.g. "
+            "https://api.example.com)",
+            setting="APP_URL",
+        )
+
+    return StartRequest(
+        data=checked_data,
+        reason=checked_reason,
+        org_id=org_id,
+        escalation_type=escalation_type,
+        requested_by=requested_by,
+        approvers=checked_approvers,
+        timeout_seconds=timeout,
+        source=source,
+        app_url=base_url,
+    )
+
+
+def validate_data(data: Any, *, field: str) -> dict[str, Any]:
+    """Return ``data`` when it is a JSON object within the size limit."""
+    if not isinstance(data, dict):
+        raise ValidationError(
+            f"{field} must be a JSON object, got {type(data).__name__}", field=field
+        )
+    size = len(json.dumps(data, separators=(",", ":")).encode())
+    if size > MAX_DATA_BYTES:
+        raise ValidationError(
+            f"{field} is {size} bytes of JSON; the maximum is {MAX_DATA_BYTES}",
+            field=field,
+        )
+    return data
+
+
+def _text(value: Any, *, field: str, required: bool) -> str:
+    if value is None or value == "":
+        if required:
+            raise ValidationError(f"{field} is missing: send a short text", field=field)
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string", field=field)
+    if len(value) > MAX_REASON_CHARS:
+        raise ValidationError(
+            f"{field} has {len(value)} characters; the maximum is {MAX_REASON_CHARS}",
+            field=field,
+        )
+    return value.strip()
+
+
+def _approvers(value: Any, allow_list: tuple[str, ...]) -> list[str]:
+    # Slack identities decide through Slack buttons and get no link.
+    listed = [item for item in allow_list if not item.startswith("slack:")]
+    if value is None:
+        return listed or [ANYONE]
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > MAX_APPROVERS
+        or not all(isinstance(item, str) and 0 < len(item) <= 254 for item in value)
+    ):
+        raise ValidationError(
+            f"approvers must be a list of 1-{MAX_APPROVERS} identities "
+            "(strings of up to 254 characters)",
+            field="approvers",
+        )
+    if allow_list:
+        outside = [item for item in value if item not in allow_list]
+        if outside:
+            raise ValidationError(
+                f"approvers {outside} are not in the allow-list of this escalation "
+                "type",
+                field="approvers",
+            )
+    return list(dict.fromkeys(value))
+
+
+def _timeout(value: Any, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(
+            "timeoutSeconds must be an integer number of seconds",
+            field="timeoutSeconds",
+        )
+    if not 1 <= value <= MAX_TIMEOUT_S:
+        raise ValidationError(
+            f"timeoutSeconds must be between 1 and {MAX_TIMEOUT_S}, got {value}",
+            field="timeoutSeconds",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class DecisionBody:
+    decision: str
+    data: dict[str, Any] | None
+    reason: str | None
+
+
+def parse_decision(body: dict[str, Any], *, original: dict[str, Any]) -> DecisionBody:
+    """Validate a decision body from the approval form or a JSON client.
+
+    ``data`` may be a JSON object or, from the form, its text. Unknown fields
+    are rejected, so a misspelt ``decision`` never falls back to a default.
+    """
+    unknown = sorted(set(body) - _DECISION_FIELDS)
+    if unknown:
+        raise ValidationError(
+            f"unknown fields {unknown}: send decision (approve or reject), and "
+            "optionally data and reason",
+            field=unknown[0],
+        )
+    decision = body.get("decision")
+    if decision not in ("approve", "reject"):
+        raise ValidationError(
+            f"decision must be 'approve' or 'reject', got {decision!r}",
+            field="decision",
+        )
+
+    reason = _text(body.get("reason"), field="reason", required=decision == "reject")
+    data = body.get("data")
+    if decision == "reject" or data is None or data == "":
+        return DecisionBody(decision=decision, data=None, reason=reason or None)
+
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(
+                f"data is not valid JSON ({exc.msg} at position {exc.pos})",
+                field="data",
+            ) from None
+    checked = validate_data(data, field="data")
+    edited = None if checked == original else checked
+    return DecisionBody(decision=decision, data=edited, reason=reason or None)
