@@ -1,0 +1,556 @@
+"""The circuit breaker: permits, state on a shared store, transitions.
+
+Round trips to the store per guarded call (measured by ``bench/breaker.py``):
+
+- closed: 1 (the report). ``acquire`` answers from the state this instance
+  saw last when it is closed and younger than ``state_cache_ttl``; after a
+  quiet spell the first call costs 2.
+- open: 0 while the last state seen is open, younger than
+  ``state_cache_ttl`` and inside its cooldown, otherwise 1.
+- half_open: 1 to acquire a probe (or be rejected) and 1 to report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from resilience.breaker import scripts
+from resilience.breaker.config import BreakerConfig, BreakerState, StoreFailurePolicy
+from resilience.breaker.local import LocalState, Reply
+from resilience.errors import BreakerOpenError, RedisUnavailableError
+from resilience.kvstore import KeyValueStore, Script, store_from_env
+from resilience.observability import emit_metric
+
+__all__ = [
+    "BreakerSnapshot",
+    "CircuitBreaker",
+    "Permit",
+    "Transition",
+    "TransitionListener",
+]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Why a transition happened, by (previous state, new state) and script.
+_REASONS = {
+    ("open", "half_open"): "reset_timeout_elapsed",
+    ("half_open", "closed"): "probe_succeeded",
+    ("half_open", "open"): "probe_failed",
+    ("closed", "open"): "failures",
+}
+
+
+_EVENTS = {
+    BreakerState.OPEN: "breaker.opened",
+    BreakerState.HALF_OPEN: "breaker.half_opened",
+    BreakerState.CLOSED: "breaker.closed",
+}
+
+
+def _datetime_ms(epoch_ms: int) -> datetime | None:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms > 0 else None
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    """State of a breaker as stored, at the time it was read."""
+
+    name: str
+    state: BreakerState
+    failure_count: int
+    opened_until: datetime | None
+    generation: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change of state, reported once, by the instance that made it.
+
+    ``local`` is True for transitions of this instance's in-memory state
+    while the store is unreachable; they have generations of their own.
+    """
+
+    name: str
+    previous: BreakerState
+    state: BreakerState
+    generation: int
+    failure_count: int
+    opened_until: datetime | None
+    reason: str
+    actor: str | None
+    local: bool
+    at: datetime
+
+
+TransitionListener = Callable[[Transition], None]
+
+
+@dataclass
+class _Seen:
+    state: str
+    generation: int
+    opened_until_ms: int
+    seen_at: float
+
+
+class Permit:
+    """Leave to make one call; report its outcome once with success or failure."""
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        *,
+        generation: int,
+        probe_id: str = "",
+        local: bool = False,
+    ) -> None:
+        self.breaker = breaker
+        self.generation = generation
+        self.probe_id = probe_id
+        self.local = local
+        self.started = time.monotonic()
+        self._reported = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        kind = "probe" if self.probe_id else "call"
+        return (
+            f"<Permit {self.breaker.name!r} {kind} generation={self.generation} "
+            f"local={self.local} reported={self._reported}>"
+        )
+
+    @property
+    def is_probe(self) -> bool:
+        return bool(self.probe_id)
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._reported:
+                logger.debug(
+                    "breaker.permit_reported_twice", extra={"permit": repr(self)}
+                )
+                return False
+            self._reported = True
+            return True
+
+    def success(self) -> None:
+        """Report success, or a failure when slower than ``slow_call_duration``."""
+        if not self._claim():
+            return
+        slow_after = self.breaker.config.slow_call_duration
+        elapsed = time.monotonic() - self.started
+        if slow_after is not None and elapsed > slow_after:
+            self.breaker._report(self, ok=False, reason="slow_call")
+            return
+        self.breaker._report(self, ok=True)
+
+    def failure(self, error: BaseException | None = None) -> None:
+        """Report a failure; an ``error`` the config does not count is a success."""
+        if not self.breaker.config.counts_error(error):
+            self.success()
+            return
+        if self._claim():
+            self.breaker._report(self, ok=False)
+
+    def record_status(self, status: int) -> None:
+        """Report an HTTP answer: a failure when its status counts, else success."""
+        if self.breaker.config.counts_status(status):
+            self.failure()
+        else:
+            self.success()
+
+
+class CircuitBreaker:
+    """A circuit breaker whose state lives in a store shared by every instance.
+
+    Use it as ``permit = breaker.acquire()`` then ``permit.success()`` or
+    ``permit.failure(error)``, as a context manager (``with breaker:``,
+    ``async with breaker:``) or as a decorator (``@breaker``). Construction
+    touches no store: the store is resolved on the first call, and while it
+    cannot be reached the ``store_failure_policy`` decides.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig | None = None,
+        *,
+        store: KeyValueStore | None = None,
+        listeners: Iterable[TransitionListener] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.config = config or BreakerConfig()
+        self._store = store
+        self._listeners = list(listeners)
+        self._clock = clock
+        self._keys = scripts.breaker_keys(name)
+        self._seen: _Seen | None = None
+        self._local = LocalState()
+        self._outage = False
+        self._retry_store_at = 0.0
+        self._lock = threading.Lock()
+        self._permits: contextvars.ContextVar[tuple[Permit, ...]] = (
+            contextvars.ContextVar(f"breaker_permits_{name}", default=())
+        )
+
+    def __repr__(self) -> str:
+        seen = self._seen
+        state = seen.state if seen else "unknown"
+        generation = seen.generation if seen else "?"
+        return (
+            f"<CircuitBreaker {self.name!r} state={state} generation={generation} "
+            f"store_available={not self._outage}>"
+        )
+
+    def add_listener(self, listener: TransitionListener) -> None:
+        """Call ``listener`` with every :class:`Transition` this instance makes."""
+        self._listeners.append(listener)
+
+    # ----------------------------------------------------------- decisions
+
+    def acquire(self) -> Permit:
+        """Return a permit for one call.
+
+        Raises:
+            BreakerOpenError: the breaker is open, all probe slots are taken,
+                or the store is unreachable under ``fail_closed``.
+        """
+        now_ms = self._now_ms()
+        cached = self._permit_from_seen(now_ms)
+        if cached is not None:
+            return cached
+
+        probe_id = uuid.uuid4().hex
+        config = self.config
+        reply = self._run(
+            scripts.ACQUIRE,
+            [now_ms, config.half_open_max_calls, _ms(config.probe_lease), probe_id],
+        )
+        if reply is None:
+            return self._acquire_local(now_ms, probe_id)
+
+        self._remember(reply)
+        self._announce(reply)
+        return self._permit_for(reply, probe_id, local=False)
+
+    def _permit_from_seen(self, now_ms: int) -> Permit | None:
+        seen = self._seen
+        if (
+            seen is None
+            or time.monotonic() - seen.seen_at > self.config.state_cache_ttl
+        ):
+            return None
+        if seen.state == "closed":
+            return Permit(self, generation=seen.generation)
+        if seen.state == "open" and now_ms < seen.opened_until_ms:
+            retry_after = (seen.opened_until_ms - now_ms) / 1000
+            raise BreakerOpenError(self.name, retry_after, "open")
+        return None
+
+    def _acquire_local(self, now_ms: int, probe_id: str) -> Permit:
+        if self.config.store_failure_policy is StoreFailurePolicy.FAIL_CLOSED:
+            raise BreakerOpenError(
+                self.name, self.config.store_retry_interval, "store_unavailable"
+            )
+        reply = self._local.acquire(now_ms, self.config, probe_id)
+        self._announce(reply, local=True)
+        return self._permit_for(reply, probe_id, local=True)
+
+    def _permit_for(self, reply: Reply, probe_id: str, *, local: bool) -> Permit:
+        if reply.verdict == "reject":
+            raise BreakerOpenError(self.name, reply.retry_ms / 1000, reply.state)
+        return Permit(
+            self,
+            generation=reply.generation,
+            probe_id=probe_id if reply.verdict == "probe" else "",
+            local=local,
+        )
+
+    def _report(self, permit: Permit, *, ok: bool, reason: str = "") -> None:
+        now_ms = self._now_ms()
+        config = self.config
+        if not permit.local:
+            reply = self._run(
+                scripts.REPORT,
+                [
+                    now_ms,
+                    1 if ok else 0,
+                    permit.generation,
+                    permit.probe_id,
+                    config.failure_threshold,
+                    _ms(config.window),
+                    config.window_buckets,
+                    config.minimum_calls,
+                    config.failure_rate_threshold,
+                    _ms(config.reset_timeout),
+                ],
+            )
+            if reply is not None:
+                self._remember(reply)
+                self._announce(reply, reason=reason or None)
+                return
+            # The store went away during the call: count the outcome locally
+            # so the in-memory breaker learns from it.
+            permit = Permit(self, generation=self._local.generation, local=True)
+
+        reply = self._local.report(
+            now_ms,
+            config,
+            ok=ok,
+            generation=permit.generation,
+            probe_id=permit.probe_id,
+        )
+        self._announce(reply, local=True, reason=reason or None)
+
+    # ----------------------------------------------------------- commands
+
+    def open_until(self, epoch_seconds: float) -> BreakerSnapshot:
+        """Open the breaker until ``epoch_seconds``; an opening is only extended."""
+        now_ms = self._now_ms()
+        target_ms = int(epoch_seconds * 1000)
+        reply = self._run(scripts.OPEN_UNTIL, [now_ms, target_ms])
+        if reply is None:
+            reply = self._local.open_until(now_ms, target_ms)
+            self._announce(reply, local=True, reason="retry_after")
+        else:
+            self._remember(reply)
+            self._announce(reply, reason="retry_after")
+        return self._snapshot_of(reply)
+
+    def snapshot(self) -> BreakerSnapshot:
+        """Read the stored state (one round trip).
+
+        Raises:
+            RedisUnavailableError: the store cannot be reached.
+        """
+        reply = self._run(scripts.SNAPSHOT, [self._now_ms()], required=True)
+        assert reply is not None
+        return self._snapshot_of(reply)
+
+    def reset(self, actor: str) -> BreakerSnapshot:
+        """Close the breaker and clear its counters; the transition names ``actor``.
+
+        Raises:
+            RedisUnavailableError: the store cannot be reached.
+        """
+        reply = self._run(scripts.RESET, [self._now_ms()], required=True)
+        assert reply is not None
+        self._remember(reply)
+        self._announce(reply, reason="manual_reset", actor=actor)
+        return self._snapshot_of(reply)
+
+    def _snapshot_of(self, reply: Reply) -> BreakerSnapshot:
+        return BreakerSnapshot(
+            name=self.name,
+            state=BreakerState(reply.state),
+            failure_count=reply.fails,
+            opened_until=_datetime_ms(reply.opened_until_ms),
+            generation=reply.generation,
+        )
+
+    # ----------------------------------------------------------- store
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _resolve_store(self) -> KeyValueStore:
+        if self._store is None:
+            self._store = store_from_env()
+        return self._store
+
+    def _run(
+        self, script: Script, args: list[Any], *, required: bool = False
+    ) -> Reply | None:
+        """Run ``script`` on the store; None means the store is unavailable."""
+        if not required and time.monotonic() < self._retry_store_at:
+            return None
+        try:
+            reply = Reply.from_script(
+                self._resolve_store().run_script(script, self._keys, args)
+            )
+        except Exception as exc:
+            # The boundary of the guarded call: a store failure of any kind
+            # (unreachable, misconfigured, malformed reply) turns into the
+            # store-failure policy, never into an error of the caller's call.
+            self._store_failed(exc)
+            if required:
+                raise RedisUnavailableError(
+                    f"breaker store for {self.name!r} is unavailable: {exc}"
+                ) from exc
+            return None
+        self._store_recovered()
+        return reply
+
+    def _store_failed(self, error: Exception) -> None:
+        with self._lock:
+            first = not self._outage
+            self._outage = True
+            self._retry_store_at = time.monotonic() + self.config.store_retry_interval
+        emit_metric("BreakerStoreUnavailable", 1, service=self.name)
+        if first:
+            logger.warning(
+                "breaker.store_unavailable",
+                extra={
+                    "service": self.name,
+                    "error": f"{type(error).__name__}: {error}",
+                    "policy": self.config.store_failure_policy.value,
+                },
+            )
+
+    def _store_recovered(self) -> None:
+        if not self._outage:
+            return
+        with self._lock:
+            self._outage = False
+            self._retry_store_at = 0.0
+            self._local = LocalState()
+        logger.info("breaker.store_recovered", extra={"service": self.name})
+
+    def _remember(self, reply: Reply) -> None:
+        self._seen = _Seen(
+            reply.state, reply.generation, reply.opened_until_ms, time.monotonic()
+        )
+
+    # ----------------------------------------------------------- transitions
+
+    def _announce(
+        self,
+        reply: Reply,
+        *,
+        local: bool = False,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> None:
+        if not reply.previous:
+            return
+        transition = Transition(
+            name=self.name,
+            previous=BreakerState(reply.previous),
+            state=BreakerState(reply.state),
+            generation=reply.generation,
+            failure_count=reply.fails,
+            opened_until=_datetime_ms(reply.opened_until_ms),
+            reason=reason or _REASONS.get((reply.previous, reply.state), reply.verdict),
+            actor=actor,
+            local=local,
+            at=datetime.fromtimestamp(self._clock(), UTC),
+        )
+        level = (
+            logging.WARNING if transition.state is BreakerState.OPEN else logging.INFO
+        )
+        logger.log(
+            level,
+            _EVENTS[transition.state],
+            extra={
+                "service": self.name,
+                "previous": transition.previous.value,
+                "state": transition.state.value,
+                "generation": transition.generation,
+                "reason": transition.reason,
+                "local": local,
+            },
+        )
+        self._dispatch(transition)
+
+    def _dispatch(self, transition: Transition) -> None:
+        listeners = list(self._listeners)
+        if not listeners:
+            return
+        # Listeners write to PostgreSQL and send alerts. They run on a thread
+        # so that a slow or unreachable target delays the call by at most
+        # listener_timeout; the thread finishes its work in the background.
+        worker = threading.Thread(
+            target=_run_listeners,
+            args=(transition, listeners),
+            name=f"breaker-listeners-{self.name}",
+            daemon=True,
+        )
+        worker.start()
+        worker.join(self.config.listener_timeout)
+        if worker.is_alive():
+            logger.warning(
+                "breaker.listeners_slow",
+                extra={"service": self.name, "timeout_s": self.config.listener_timeout},
+            )
+
+    # ----------------------------------------------------------- sugar
+
+    def __enter__(self) -> Permit:
+        permit = self.acquire()
+        self._permits.set((*self._permits.get(), permit))
+        return permit
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        stack = self._permits.get()
+        permit = stack[-1]
+        self._permits.set(stack[:-1])
+        _finish(permit, exc)
+
+    async def __aenter__(self) -> Permit:
+        permit = await asyncio.to_thread(self.acquire)
+        self._permits.set((*self._permits.get(), permit))
+        return permit
+
+    async def __aexit__(
+        self, exc_type: Any, exc: BaseException | None, tb: Any
+    ) -> None:
+        stack = self._permits.get()
+        permit = stack[-1]
+        self._permits.set(stack[:-1])
+        await asyncio.to_thread(_finish, permit, exc)
+
+    def __call__(self, func: F) -> F:
+        """Guard ``func`` (sync or async) with this breaker."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with self:
+                    return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+def _finish(permit: Permit, error: BaseException | None) -> None:
+    if error is None:
+        permit.success()
+    elif isinstance(error, Exception):
+        permit.failure(error)
+    # A BaseException (cancellation, interpreter exit) reports nothing; a
+    # probe's lease frees its slot when it ends.
+
+
+def _run_listeners(transition: Transition, listeners: list[TransitionListener]) -> None:
+    for listener in listeners:
+        try:
+            listener(transition)
+        except Exception:
+            logger.exception(
+                "breaker.listener_failed",
+                extra={"service": transition.name, "listener": repr(listener)},
+            )
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

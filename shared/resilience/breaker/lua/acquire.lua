@@ -1,0 +1,39 @@
+-- Decide whether a call may start. ARGV: now_ms, half_open_max_calls,
+-- probe_lease_ms, probe_id. Verdicts: allow (closed), probe (a half-open
+-- lease was granted), reject (retry_ms says when to come back).
+local max_probes = tonumber(ARGV[2])
+local lease_ms = tonumber(ARGV[3])
+local probe_id = ARGV[4]
+
+local st, gen, fails, until_ms = load()
+local prev = ''
+
+if st == 'open' then
+  if now < until_ms then
+    return reply('reject', st, gen, fails, until_ms, '', until_ms - now)
+  end
+  gen = transition('half_open', gen, fails, 0)
+  prev, st = 'open', 'half_open'
+end
+
+if st == 'half_open' then
+  -- Leases whose holder never reported free their slot when they end.
+  local leases = redis.call('HGETALL', probe_key)
+  local active, earliest = 0, nil
+  for i = 1, #leases, 2 do
+    local lease_end = tonumber(leases[i + 1])
+    if lease_end <= now then
+      redis.call('HDEL', probe_key, leases[i])
+    else
+      active = active + 1
+      if earliest == nil or lease_end < earliest then earliest = lease_end end
+    end
+  end
+  if active < max_probes then
+    redis.call('HSET', probe_key, probe_id, int(now + lease_ms))
+    return reply('probe', st, gen, fails, 0, prev, 0)
+  end
+  return reply('reject', st, gen, fails, 0, prev, earliest - now)
+end
+
+return reply('allow', st, gen, fails, 0, '', 0)

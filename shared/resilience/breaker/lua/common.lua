@@ -1,0 +1,34 @@
+-- Shared prelude of every breaker script. The caller sends the time, so all
+-- instances and the tests use one clock: ARGV[1] is "now" in epoch ms.
+-- KEYS[1] state hash (state, gen, fails, opened_until, changed_at)
+-- KEYS[2] window hash (c<bucket> calls and f<bucket> failures per time bucket)
+-- KEYS[3] probe hash (probe id -> lease end in epoch ms)
+local state_key, window_key, probe_key = KEYS[1], KEYS[2], KEYS[3]
+local now = tonumber(ARGV[1])
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function load()
+  local v = redis.call('HMGET', state_key, 'state', 'gen', 'fails', 'opened_until')
+  return v[1] or 'closed', tonumber(v[2] or '0'), tonumber(v[3] or '0'),
+    tonumber(v[4] or '0')
+end
+
+-- Reply shape of every script:
+-- {verdict, state, generation, fails, opened_until_ms, previous_state, retry_ms}
+-- previous_state is '' unless this script made a transition.
+local function reply(verdict, st, gen, fails, until_ms, prev, retry_ms)
+  return {verdict, st, gen, fails, until_ms, prev or '', retry_ms or 0}
+end
+
+-- Every transition bumps the generation and starts the new state with an
+-- empty window and no probe leases.
+local function transition(to, gen, fails, until_ms)
+  gen = gen + 1
+  redis.call('HSET', state_key, 'state', to, 'gen', int(gen), 'fails', int(fails),
+    'opened_until', int(until_ms), 'changed_at', int(now))
+  redis.call('DEL', window_key, probe_key)
+  return gen
+end
