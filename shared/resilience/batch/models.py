@@ -1,0 +1,211 @@
+"""Items, results and the rules that name them: keys, payload hashes, reasons.
+
+An item is identified by the idempotency key ``batch:{batch_id}:item:{item_id}``.
+Its payload hash covers the org, the processor name and the data, so the same
+key sent with other data, by another org or for another processor is a
+conflict, never a cached result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from resilience.errors import ValidationError
+
+__all__ = [
+    "FINAL_REASONS",
+    "RETRYABLE_REASONS",
+    "BatchItem",
+    "ItemResult",
+    "ItemStatus",
+    "Reason",
+    "idempotency_key",
+    "payload_hash",
+    "validate_batch_id",
+    "validate_item_id",
+]
+
+MAX_BATCH_ID_LENGTH = 128
+MAX_ITEM_ID_LENGTH = 512
+
+# A batch id may not contain ':' because the key is
+# "batch:{batch_id}:item:{item_id}": with ':' allowed, batch "a:item:b" with
+# item "c" and batch "a" with item "b:item:c" would share a key.
+_BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+class ItemStatus(StrEnum):
+    """Status of an item, stored (the first three) or reported for this run."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    # Reported only: the item was not started because the time left was too
+    # short; its message goes back to the queue.
+    NOT_STARTED = "not_started"
+
+
+class Reason(StrEnum):
+    """Why an item did not complete. Retryable reasons may succeed later."""
+
+    # Retryable: the same request can succeed on a later delivery.
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    BREAKER_OPEN = "breaker_open"
+    LEASE_EXPIRED = "lease_expired"
+    LEASE_LOST = "lease_lost"
+    IN_PROGRESS_ELSEWHERE = "in_progress_elsewhere"
+    DEGRADED = "degraded"
+    NOT_STARTED = "not_started"
+    GROUP_FAILED = "group_failed"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    ESCALATION_FAILED = "escalation_failed"
+    TRANSIENT_ERROR = "transient_error"
+    # Final: retrying the same request cannot help.
+    MISSING_ITEM_ID = "missing item id"
+    INVALID_ITEM = "invalid_item"
+    UNKNOWN_PROCESSOR = "unknown_processor"
+    PAYLOAD_MISMATCH = "payload_mismatch"
+    CLIENT_ERROR = "client_error"
+    VALIDATION_ERROR = "validation_error"
+    PROCESSOR_ERROR = "processor_error"
+    ESCALATED = "escalated"
+    REJECTED = "rejected"
+
+
+RETRYABLE_REASONS = frozenset(
+    {
+        Reason.TIMEOUT,
+        Reason.CONNECTION_ERROR,
+        Reason.RATE_LIMITED,
+        Reason.SERVER_ERROR,
+        Reason.BREAKER_OPEN,
+        Reason.LEASE_EXPIRED,
+        Reason.LEASE_LOST,
+        Reason.IN_PROGRESS_ELSEWHERE,
+        Reason.DEGRADED,
+        Reason.NOT_STARTED,
+        Reason.GROUP_FAILED,
+        Reason.DATABASE_UNAVAILABLE,
+        Reason.ESCALATION_FAILED,
+        Reason.TRANSIENT_ERROR,
+    }
+)
+FINAL_REASONS = frozenset(Reason) - RETRYABLE_REASONS
+
+
+def validate_batch_id(raw: object) -> str:
+    """Return ``raw`` if it is a valid batch id, else raise ValidationError."""
+    if not isinstance(raw, str) or not _BATCH_ID_PATTERN.match(raw):
+        raise ValidationError(
+            f"batchId must be 1-{MAX_BATCH_ID_LENGTH} characters of letters, "
+            f"digits, '_', '.' or '-', got {raw!r}",
+            field="batchId",
+        )
+    return raw
+
+
+def validate_item_id(raw: object) -> str | None:
+    """Return the item id, or None when it is missing, empty, blank or not text.
+
+    None means the item is rejected on its own with reason ``missing item id``;
+    it never gets a key, so it can never share one with another item.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    if len(raw) > MAX_ITEM_ID_LENGTH:
+        return None
+    return raw
+
+
+def idempotency_key(batch_id: str, item_id: str) -> str:
+    return f"batch:{batch_id}:item:{item_id}"
+
+
+def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
+    """Return the SHA-256 of the item's canonical JSON (org, processor, data).
+
+    Raises:
+        ValidationError: when ``data`` cannot be written as JSON.
+    """
+    try:
+        canonical = json.dumps(
+            {"org": org_id, "processor": processor, "data": data},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"item data must be JSON (objects, arrays, strings, finite numbers, "
+            f"booleans, null): {exc}",
+            field="data",
+        ) from None
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One unit of work as received, before validation.
+
+    ``item_id`` keeps the raw value (possibly None or empty) so that a rejected
+    item can still be reported. ``message_id`` and ``group_id`` are set for
+    items read from SQS.
+    """
+
+    batch_id: str
+    item_id: Any
+    data: Any = None
+    processor: str | None = None
+    message_id: str | None = None
+    group_id: str | None = None
+    org_id: str = "default"
+
+
+@dataclass
+class ItemResult:
+    """The outcome of one item in one run, in the shape the API returns."""
+
+    item: BatchItem
+    status: ItemStatus
+    attempts: int = 0
+    reason: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    cached: bool = False
+    output: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ItemStatus.COMPLETED
+
+    @property
+    def handed_back(self) -> bool:
+        """True when the item should be delivered again (SQS: report failed)."""
+        return not self.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape of ``results[]`` in the HTTP API."""
+        body: dict[str, Any] = {
+            "id": self.item.item_id,
+            "ok": self.ok,
+            "status": str(self.status),
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "cached": self.cached,
+            "output": self.output,
+        }
+        if self.error is not None:
+            body["error"] = self.error
+        if not self.ok:
+            body["retryable"] = self.retryable
+        return body

@@ -1,0 +1,727 @@
+"""The batch runner: claim every item at once, run the free ones, record results.
+
+A run goes through these steps:
+
+1. Validate each item on its own (missing id, unknown processor, data that is
+   not JSON): a bad item fails alone, finally, and never gets a key.
+2. Claim all valid keys in one statement with a lease that follows the time
+   left. Keys already completed return their stored output (``cached``);
+   keys stored with another payload hash are conflicts; keys leased by a live
+   worker are handed back.
+3. Run the claimed items in order. Before each, the time left must cover the
+   item's expected duration plus the reserve; items that do not fit are not
+   started and are handed back. In FIFO mode, a failure hands back the rest of
+   its message group unstarted.
+4. Record the outcomes: one statement for processors without side effects;
+   items with side effects are recorded as they start and as they complete.
+5. Write one audit row per batch id with the counts, and emit
+   ``BatchFailureRate`` (percent of finished items that failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from resilience.audit import write_audit
+from resilience.batch.config import BatchSettings, compute_lease_seconds
+from resilience.batch.execution import run_item
+from resilience.batch.models import (
+    BatchItem,
+    ItemResult,
+    ItemStatus,
+    Reason,
+    idempotency_key,
+    payload_hash,
+    validate_item_id,
+)
+from resilience.batch.processors import ItemContext, Processor, ProcessorRegistry
+from resilience.batch.store import BatchStore, ClaimRequest, ClaimRow, Completion
+from resilience.batch.timing import LambdaContextLike, TimeBudget
+from resilience.db import Database, get_database
+from resilience.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    IdempotencyConflictError,
+    ValidationError,
+)
+from resilience.observability import MetricUnit, emit_metric
+
+__all__ = ["BatchRun", "BatchRunner", "process_batch"]
+
+logger = logging.getLogger(__name__)
+
+_CLAIM_DEADLOCK_RETRIES = 3
+
+EscalateFn = Callable[..., Any]
+
+
+@dataclass
+class BatchRun:
+    """The results of one run, in the order the items were given."""
+
+    run_id: str
+    results: list[ItemResult]
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for r in self.results if r.status is ItemStatus.COMPLETED)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.results if r.status is ItemStatus.FAILED)
+
+    @property
+    def handed_back(self) -> list[ItemResult]:
+        return [r for r in self.results if r.handed_back]
+
+
+@dataclass
+class _Work:
+    """A valid, claimed-or-not item during a run."""
+
+    index: int
+    item: BatchItem
+    item_id: str
+    key: str
+    hash: str
+    processor: Processor
+    claim: ClaimRow | None = None
+    base_attempts: int = 0
+    duplicate_of: int | None = None
+    completions: list[Completion] = field(default_factory=list)
+
+
+class BatchRunner:
+    """Runs items under idempotency keys on PostgreSQL; see the module docstring.
+
+    Args:
+        database: defaults to the container's :func:`get_database`.
+        settings: defaults to :meth:`BatchSettings.from_env`.
+        registry: processors by name; defaults to one built from settings.
+        escalate: called as ``start_escalation(...)`` for take-overs under the
+            ``escalate`` policy; defaults to
+            :func:`resilience.escalation.start_escalation`, imported on use.
+    """
+
+    def __init__(
+        self,
+        database: Database | None = None,
+        *,
+        settings: BatchSettings | None = None,
+        registry: ProcessorRegistry | None = None,
+        escalate: EscalateFn | None = None,
+    ) -> None:
+        self.settings = settings or BatchSettings.from_env()
+        self.database = database or get_database()
+        self.store = BatchStore(self.database)
+        self.registry = registry or ProcessorRegistry(self.settings.processors)
+        self._escalate = escalate
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchRunner {self.database!r} max_attempts={self.settings.max_attempts}>"
+        )
+
+    def run(
+        self,
+        items: Sequence[BatchItem],
+        *,
+        context: LambdaContextLike | None = None,
+        budget: TimeBudget | None = None,
+        org_id: str = "default",
+        run_id: str | None = None,
+        raise_on_conflict: bool = False,
+        fifo: bool = False,
+    ) -> BatchRun:
+        """Process ``items`` and return one result per item, in order.
+
+        Raises:
+            IdempotencyConflictError: with ``raise_on_conflict``, when any key
+                was stored with another payload; nothing is claimed or run.
+        """
+        budget = budget or TimeBudget(
+            context, budget_s=self.settings.no_context_budget_s
+        )
+        run = BatchRun(run_id=run_id or uuid.uuid4().hex, results=[])
+        results: list[ItemResult | None] = [None] * len(items)
+        work = self._prepare(items, org_id, results)
+
+        primaries = [w for w in work if w.duplicate_of is None]
+        if primaries:
+            if budget.remaining_s() < self._reserve_s():
+                for w in primaries:
+                    results[w.index] = _not_started(w, Reason.NOT_STARTED)
+            else:
+                self._claim_and_execute(
+                    primaries, results, budget, run, org_id, raise_on_conflict, fifo
+                )
+
+        for w in work:
+            if w.duplicate_of is not None:
+                results[w.index] = _duplicate_result(w, results[w.duplicate_of])
+
+        run.results = [r for r in results if r is not None]
+        self._finish(run, org_id)
+        return run
+
+    # ------------------------------------------------------------ steps
+
+    def _prepare(
+        self,
+        items: Sequence[BatchItem],
+        org_id: str,
+        results: list[ItemResult | None],
+    ) -> list[_Work]:
+        work: list[_Work] = []
+        first_by_key: dict[str, _Work] = {}
+        for index, item in enumerate(items):
+            item_id = validate_item_id(item.item_id)
+            if item_id is None:
+                results[index] = _final(item, Reason.MISSING_ITEM_ID, _id_error(item))
+                continue
+            name = item.processor or self.settings.default_processor
+            try:
+                processor = self.registry.get(name)
+                digest = payload_hash(item.data, processor=name, org_id=org_id)
+            except (ValidationError, ConfigError) as error:
+                reason = (
+                    Reason.UNKNOWN_PROCESSOR
+                    if getattr(error, "field", None) == "processor"
+                    or isinstance(error, ConfigError)
+                    else Reason.INVALID_ITEM
+                )
+                results[index] = _final(item, reason, str(error))
+                continue
+
+            entry = _Work(
+                index=index,
+                item=item,
+                item_id=item_id,
+                key=idempotency_key(item.batch_id, item_id),
+                hash=digest,
+                processor=processor,
+            )
+            first = first_by_key.get(entry.key)
+            if first is not None:
+                entry.duplicate_of = first.index
+                if first.hash != digest:
+                    entry.duplicate_of = None
+                    results[index] = _conflict(item, None)
+                    continue
+            else:
+                first_by_key[entry.key] = entry
+            work.append(entry)
+        return work
+
+    def _claim_and_execute(
+        self,
+        work: list[_Work],
+        results: list[ItemResult | None],
+        budget: TimeBudget,
+        run: BatchRun,
+        org_id: str,
+        raise_on_conflict: bool,
+        fifo: bool,
+    ) -> None:
+        owner = run.run_id
+        lease_s = compute_lease_seconds(budget.raw_remaining_s(), self.settings)
+        try:
+            rows = self._claim(work, owner, lease_s, org_id, raise_on_conflict)
+        except DatabaseUnavailableError as error:
+            logger.warning(
+                "batch.claim_failed", extra={"run_id": owner, "error": str(error)}
+            )
+            for w in work:
+                results[w.index] = _retryable(
+                    w.item, Reason.DATABASE_UNAVAILABLE, str(error), 0
+                )
+            return
+
+        to_run: list[_Work] = []
+        for w in work:
+            row = rows.get(w.key)
+            w.claim = row
+            if row is None or not row.claimed:
+                results[w.index] = _unclaimed_result(w, row)
+            else:
+                w.base_attempts = (row.claimed_attempts or 1) - 1
+                to_run.append(w)
+
+        self._execute(to_run, results, budget, run, org_id, fifo)
+
+    def _claim(
+        self,
+        work: list[_Work],
+        owner: str,
+        lease_s: float,
+        org_id: str,
+        raise_on_conflict: bool,
+    ) -> dict[str, ClaimRow]:
+        requests = [
+            ClaimRequest(
+                batch_id=w.item.batch_id,
+                item_id=w.item_id,
+                key=w.key,
+                payload_hash=w.hash,
+                data=w.item.data,
+                processor=w.processor.name,
+            )
+            for w in work
+        ]
+        for attempt in range(1, _CLAIM_DEADLOCK_RETRIES + 1):
+            try:
+                with self.database.transaction() as connection:
+                    rows = self.store.claim(
+                        requests,
+                        owner=owner,
+                        lease_s=lease_s,
+                        org_id=org_id,
+                        connection=connection,
+                    )
+                    if raise_on_conflict:
+                        # Raising inside the transaction rolls the claim back,
+                        # so a conflicting request claims and runs nothing.
+                        for w in work:
+                            row = rows.get(w.key)
+                            if _is_conflict(w, row):
+                                raise IdempotencyConflictError(w.key)
+                return rows
+            except psycopg.errors.DeadlockDetected:
+                if attempt == _CLAIM_DEADLOCK_RETRIES:
+                    raise DatabaseUnavailableError(
+                        "claim failed: deadlock persisted after "
+                        f"{_CLAIM_DEADLOCK_RETRIES} attempts",
+                        sqlstate="40P01",
+                    ) from None
+                logger.info("batch.claim_deadlock_retry", extra={"attempt": attempt})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _execute(
+        self,
+        work: list[_Work],
+        results: list[ItemResult | None],
+        budget: TimeBudget,
+        run: BatchRun,
+        org_id: str,
+        fifo: bool,
+    ) -> None:
+        owner = run.run_id
+        bulk: list[Completion] = []
+        bulk_work: list[_Work] = []
+        failed_groups: set[str] = set()
+        observed_s: dict[str, float] = {}
+
+        for w in work:
+            group = w.item.group_id if fifo else None
+            if group is not None and group in failed_groups:
+                result = _not_started(w, Reason.GROUP_FAILED)
+            else:
+                estimate = max(
+                    w.processor.expected_duration_s,
+                    observed_s.get(w.processor.name, 0.0),
+                )
+                if budget.remaining_s() - self._reserve_s() < estimate:
+                    result = _not_started(w, Reason.NOT_STARTED)
+                elif (
+                    w.claim is not None
+                    and w.claim.taken_over
+                    and (
+                        w.processor.side_effects
+                        and w.processor.takeover_policy == "escalate"
+                    )
+                ):
+                    result = self._escalate_item(w, org_id, run)
+                else:
+                    started_at = budget.now()
+                    result = self._run_one(w, budget, run, org_id, estimate)
+                    elapsed = budget.now() - started_at
+                    if result.attempts > w.base_attempts:
+                        per_call = elapsed / max(1, result.attempts - w.base_attempts)
+                        observed_s[w.processor.name] = max(
+                            observed_s.get(w.processor.name, 0.0), per_call
+                        )
+
+            completion = _completion(w, result)
+            if w.processor.side_effects and result.status is not ItemStatus.NOT_STARTED:
+                result = self._record_now(w, result, completion, run)
+            else:
+                bulk.append(completion)
+                bulk_work.append(w)
+            results[w.index] = result
+            if group is not None and not result.ok:
+                failed_groups.add(group)
+
+        if bulk:
+            self._record_bulk(bulk, bulk_work, results, owner)
+
+    def _run_one(
+        self,
+        w: _Work,
+        budget: TimeBudget,
+        run: BatchRun,
+        org_id: str,
+        estimate: float,
+    ) -> ItemResult:
+        if w.processor.side_effects:
+            try:
+                still_owned = self.store.mark_started(w.key, owner=run.run_id)
+            except DatabaseUnavailableError as error:
+                return _retryable(
+                    w.item, Reason.DATABASE_UNAVAILABLE, str(error), w.base_attempts
+                )
+            if not still_owned:
+                return _retryable(w.item, Reason.LEASE_LOST, None, w.base_attempts)
+
+        def make_context(call_number: int) -> ItemContext:
+            return ItemContext(
+                batch_id=w.item.batch_id,
+                item_id=w.item_id,
+                data=w.item.data,
+                idempotency_key=w.key,
+                attempt=w.base_attempts + call_number,
+                org_id=org_id,
+                remaining_s=budget.remaining_s,
+                run_id=run.run_id,
+            )
+
+        outcome = run_item(
+            w.processor,
+            make_context,
+            budget=budget,
+            settings=self.settings,
+            estimate_s=estimate,
+        )
+        attempts = w.base_attempts + outcome.calls
+        if outcome.ok:
+            return ItemResult(
+                w.item, ItemStatus.COMPLETED, attempts=attempts, output=outcome.output
+            )
+        if not outcome.retryable:
+            logger.warning(
+                "batch.item_failed",
+                extra={"key": w.key, "reason": outcome.reason, "error": outcome.error},
+            )
+        return ItemResult(
+            w.item,
+            ItemStatus.FAILED,
+            attempts=attempts,
+            reason=outcome.reason,
+            error=outcome.error,
+            retryable=outcome.retryable,
+        )
+
+    def _escalate_item(self, w: _Work, org_id: str, run: BatchRun) -> ItemResult:
+        """Stop a side-effecting item whose previous worker died mid-call."""
+        source = {
+            "pattern": "batch",
+            "batchId": w.item.batch_id,
+            "itemId": w.item_id,
+            "idempotencyKey": w.key,
+        }
+        try:
+            escalate = self._escalate
+            if escalate is None:
+                from resilience.escalation import start_escalation
+
+                escalate = start_escalation
+            started = escalate(
+                data={**source, "data": w.item.data},
+                reason=(
+                    "a worker stopped during a call with side effects and its "
+                    "lease expired: confirm whether the effect happened before "
+                    "the item is retried"
+                ),
+                org_id=org_id,
+                escalation_type="batch_takeover",
+                source=source,
+            )
+        except Exception as error:  # any failure leaves the item for a later try
+            logger.error(
+                "batch.escalation_failed",
+                extra={"key": w.key, "error": f"{type(error).__name__}: {error}"},
+            )
+            return _retryable(
+                w.item, Reason.ESCALATION_FAILED, str(error), w.base_attempts
+            )
+
+        logger.warning("batch.item_escalated", extra={"key": w.key})
+        return ItemResult(
+            w.item,
+            ItemStatus.FAILED,
+            attempts=w.base_attempts,
+            reason=str(Reason.ESCALATED),
+            retryable=False,
+            output={
+                "escalationId": getattr(started, "id", None),
+                "approvalUrl": getattr(started, "approval_url", None),
+            },
+        )
+
+    def _record_now(
+        self, w: _Work, result: ItemResult, completion: Completion, run: BatchRun
+    ) -> ItemResult:
+        try:
+            owned = self.store.complete([completion], owner=run.run_id)
+        except DatabaseUnavailableError as error:
+            logger.warning(
+                "batch.record_failed", extra={"key": w.key, "error": str(error)}
+            )
+            return _retryable(
+                w.item, Reason.DATABASE_UNAVAILABLE, str(error), result.attempts
+            )
+        if w.key not in owned:
+            return _retryable(w.item, Reason.LEASE_LOST, None, result.attempts)
+        return result
+
+    def _record_bulk(
+        self,
+        completions: list[Completion],
+        work: list[_Work],
+        results: list[ItemResult | None],
+        owner: str,
+    ) -> None:
+        error_text: str | None = None
+        try:
+            owned = self.store.complete(completions, owner=owner)
+        except DatabaseUnavailableError as error:
+            logger.warning(
+                "batch.record_failed", extra={"run_id": owner, "error": str(error)}
+            )
+            owned, error_text = set(), str(error)
+
+        for w in work:
+            previous = results[w.index]
+            if previous is None or w.key in owned:
+                continue
+            if previous.status is ItemStatus.NOT_STARTED:
+                continue
+            # The outcome is not stored, so the item must be delivered again.
+            reason = Reason.DATABASE_UNAVAILABLE if error_text else Reason.LEASE_LOST
+            results[w.index] = _retryable(w.item, reason, error_text, previous.attempts)
+
+    def _finish(self, run: BatchRun, org_id: str) -> None:
+        counts_by_batch: dict[str, dict[str, int]] = {}
+        for result in run.results:
+            counts = counts_by_batch.setdefault(
+                result.item.batch_id,
+                {"total": 0, "completed": 0, "failed": 0, "handedBack": 0},
+            )
+            counts["total"] += 1
+            if result.status is ItemStatus.COMPLETED:
+                counts["completed"] += 1
+            elif result.status is ItemStatus.FAILED:
+                counts["failed"] += 1
+            if result.retryable:
+                counts["handedBack"] += 1
+
+        try:
+            with self.database.transaction() as connection:
+                for batch_id, counts in counts_by_batch.items():
+                    write_audit(
+                        connection,
+                        pattern="batch",
+                        action="batch.run_completed",
+                        task_id=batch_id,
+                        run_id=run.run_id,
+                        org_id=org_id,
+                        metadata=counts,
+                    )
+        except DatabaseUnavailableError as error:
+            logger.warning(
+                "batch.audit_failed", extra={"run_id": run.run_id, "error": str(error)}
+            )
+
+        finished = run.completed + run.failed
+        if finished:
+            emit_metric(
+                "BatchFailureRate", 100.0 * run.failed / finished, MetricUnit.Percent
+            )
+        logger.info(
+            "batch.run_completed",
+            extra={
+                "run_id": run.run_id,
+                "total": len(run.results),
+                "completed": run.completed,
+                "failed": run.failed,
+            },
+        )
+
+    def _reserve_s(self) -> float:
+        return self.settings.time_reserve_ms / 1000.0
+
+
+def process_batch(
+    batch_id: str,
+    items: Sequence[dict[str, Any]],
+    *,
+    context: LambdaContextLike | None = None,
+    org_id: str = "default",
+    runner: BatchRunner | None = None,
+    raise_on_conflict: bool = True,
+) -> BatchRun:
+    """Run ``[{"id", "data", "processor"?}, ...]`` of one batch with the defaults."""
+    runner = runner or BatchRunner()
+    batch_items = [
+        BatchItem(
+            batch_id=batch_id,
+            item_id=entry.get("id"),
+            data=entry.get("data"),
+            processor=entry.get("processor"),
+            org_id=org_id,
+        )
+        for entry in items
+    ]
+    return runner.run(
+        batch_items,
+        context=context,
+        org_id=org_id,
+        raise_on_conflict=raise_on_conflict,
+    )
+
+
+# ------------------------------------------------------------ result helpers
+
+
+def _id_error(item: BatchItem) -> str:
+    return (
+        f"item id must be a non-empty string of at most 512 characters, "
+        f"got {item.item_id!r}: give every item its own id"
+    )
+
+
+def _final(item: BatchItem, reason: Reason, error: str | None) -> ItemResult:
+    return ItemResult(item, ItemStatus.FAILED, reason=str(reason), error=error)
+
+
+def _retryable(
+    item: BatchItem, reason: Reason, error: str | None, attempts: int
+) -> ItemResult:
+    return ItemResult(
+        item,
+        ItemStatus.FAILED,
+        attempts=attempts,
+        reason=str(reason),
+        error=error,
+        retryable=True,
+    )
+
+
+def _not_started(w: _Work, reason: Reason) -> ItemResult:
+    return ItemResult(
+        w.item,
+        ItemStatus.NOT_STARTED,
+        attempts=w.base_attempts,
+        reason=str(reason),
+        retryable=True,
+    )
+
+
+def _conflict(item: BatchItem, row: ClaimRow | None) -> ItemResult:
+    key = idempotency_key(item.batch_id, str(item.item_id))
+    return ItemResult(
+        item,
+        ItemStatus.FAILED,
+        attempts=(row.attempts or 0) if row else 0,
+        reason=str(Reason.PAYLOAD_MISMATCH),
+        error=str(IdempotencyConflictError(key)),
+    )
+
+
+def _is_conflict(w: _Work, row: ClaimRow | None) -> bool:
+    return (
+        row is not None
+        and not row.claimed
+        and row.payload_hash is not None
+        and row.payload_hash != w.hash
+    )
+
+
+def _unclaimed_result(w: _Work, row: ClaimRow | None) -> ItemResult:
+    """Result of a key the claim did not take: stored, conflicting or busy."""
+    if row is None or row.status is None:
+        # Inserted by a concurrent claim after this statement's snapshot.
+        return ItemResult(
+            w.item,
+            ItemStatus.IN_PROGRESS,
+            reason=str(Reason.IN_PROGRESS_ELSEWHERE),
+            retryable=True,
+        )
+    if _is_conflict(w, row):
+        return _conflict(w.item, row)
+    attempts = row.attempts or 0
+    if row.status == ItemStatus.COMPLETED:
+        return ItemResult(
+            w.item,
+            ItemStatus.COMPLETED,
+            attempts=attempts,
+            cached=True,
+            output=row.output,
+        )
+    if row.status == ItemStatus.FAILED:
+        return ItemResult(
+            w.item,
+            ItemStatus.FAILED,
+            attempts=attempts,
+            reason=row.reason,
+            error=row.error,
+            retryable=bool(row.retryable),
+            cached=True,
+            output=row.output,
+        )
+    return ItemResult(
+        w.item,
+        ItemStatus.IN_PROGRESS,
+        attempts=attempts,
+        reason=str(Reason.IN_PROGRESS_ELSEWHERE),
+        retryable=True,
+    )
+
+
+def _duplicate_result(w: _Work, first: ItemResult | None) -> ItemResult:
+    """Result of a repeated key in one run: the first occurrence's outcome."""
+    if first is None:  # pragma: no cover (every primary gets a result)
+        return _not_started(w, Reason.NOT_STARTED)
+    return ItemResult(
+        w.item,
+        first.status,
+        attempts=first.attempts,
+        reason=first.reason,
+        error=first.error,
+        retryable=first.retryable,
+        cached=True,
+        output=first.output,
+    )
+
+
+def _completion(w: _Work, result: ItemResult) -> Completion:
+    if result.status is ItemStatus.NOT_STARTED:
+        # Hand back unstarted: status stays in_progress, lease ends now.
+        return Completion(
+            key=w.key,
+            status=ItemStatus.IN_PROGRESS,
+            success=None,
+            attempts=w.base_attempts,
+            reason=result.reason,
+            error=None,
+            retryable=None,
+            output=None,
+            keep_started=True,
+        )
+    keep_started = result.reason == Reason.ESCALATION_FAILED
+    return Completion(
+        key=w.key,
+        status=str(result.status),
+        success=result.ok,
+        attempts=result.attempts,
+        reason=result.reason,
+        error=result.error,
+        retryable=result.retryable if not result.ok else None,
+        output=result.output,
+        keep_started=keep_started,
+    )

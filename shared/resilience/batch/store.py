@@ -1,0 +1,253 @@
+"""PostgreSQL statements of the batch pattern (table ``batch_item``).
+
+A run makes one claim statement for all its items and, for processors without
+side effects, one completion statement, so the number of statements does not
+grow with the batch. Items of processors with side effects are marked started
+before their call and recorded as each completes.
+
+Every write after the claim is fenced by ``lease_owner``: a worker whose lease
+was taken over cannot overwrite the new owner's result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from resilience.db import Database
+
+__all__ = ["BatchStore", "ClaimRequest", "ClaimRow", "Completion"]
+
+logger = logging.getLogger(__name__)
+
+# The claim. ON CONFLICT takes over a row only when the payload hash matches
+# and the row is free: a retryable failure, or in progress with an expired
+# lease. Rows are inserted in key order so that concurrent claims of
+# overlapping batches take row locks in the same order and rarely deadlock.
+# The outer SELECT reads the table as it was before this statement, which
+# returns the stored state of every key that was not claimed.
+_CLAIM = """
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(batch_ids)s::text[], %(item_ids)s::text[], %(keys)s::text[],
+        %(hashes)s::text[], %(data)s::jsonb[], %(processors)s::text[]
+    ) AS t(batch_id, item_id, idempotency_key, payload_hash, data, processor)
+),
+claimed AS (
+    INSERT INTO batch_item AS b (
+        batch_id, item_id, idempotency_key, payload_hash, data, processor,
+        org_id, status, attempts, lease_until, lease_owner, updated_at
+    )
+    SELECT batch_id, item_id, idempotency_key, payload_hash, data, processor,
+        %(org_id)s, 'in_progress', 1,
+        now() + make_interval(secs => %(lease_s)s), %(owner)s, now()
+    FROM input
+    ORDER BY idempotency_key
+    ON CONFLICT (idempotency_key) DO UPDATE
+    SET status = 'in_progress',
+        attempts = b.attempts + 1,
+        lease_until = EXCLUDED.lease_until,
+        lease_owner = EXCLUDED.lease_owner,
+        success = NULL,
+        retryable = NULL,
+        updated_at = now()
+    WHERE b.payload_hash = EXCLUDED.payload_hash
+      AND ((b.status = 'failed' AND b.retryable)
+           OR (b.status = 'in_progress' AND b.lease_until <= now()))
+    RETURNING b.idempotency_key, b.attempts, b.started_at IS NOT NULL AS taken_over
+)
+SELECT i.idempotency_key,
+       c.idempotency_key IS NOT NULL AS claimed,
+       c.attempts AS claimed_attempts,
+       coalesce(c.taken_over, false) AS taken_over,
+       s.status, s.payload_hash, s.attempts, s.reason, s.error,
+       s.retryable, s.output
+FROM input i
+LEFT JOIN claimed c ON c.idempotency_key = i.idempotency_key
+LEFT JOIN batch_item s ON s.idempotency_key = i.idempotency_key
+"""
+
+_MARK_STARTED = """
+UPDATE batch_item SET started_at = now(), updated_at = now()
+WHERE idempotency_key = %s AND lease_owner = %s AND status = 'in_progress'
+RETURNING idempotency_key
+"""
+
+# Records outcomes. A "release" (status in_progress) hands an item back
+# unstarted: its lease ends now and the attempt reserved by the claim is
+# returned. started_at is cleared when the outcome of the call is known and
+# kept when the item is handed back after a call of unknown outcome.
+_COMPLETE = """
+UPDATE batch_item AS b
+SET status = u.status,
+    success = u.success,
+    attempts = u.attempts,
+    reason = u.reason,
+    error = u.error,
+    retryable = u.retryable,
+    output = u.output,
+    lease_until = CASE WHEN u.status = 'in_progress' THEN now() ELSE NULL END,
+    started_at = CASE WHEN u.keep_started THEN b.started_at ELSE NULL END,
+    completed_at = CASE WHEN u.status = 'completed' THEN now() ELSE NULL END,
+    updated_at = now()
+FROM unnest(
+    %(keys)s::text[], %(statuses)s::text[], %(successes)s::boolean[],
+    %(attempts)s::int[], %(reasons)s::text[], %(errors)s::text[],
+    %(retryables)s::boolean[], %(outputs)s::jsonb[], %(keep_started)s::boolean[]
+) AS u(idempotency_key, status, success, attempts, reason, error, retryable,
+       output, keep_started)
+WHERE b.idempotency_key = u.idempotency_key
+  AND b.lease_owner = %(owner)s
+  AND b.status = 'in_progress'
+RETURNING b.idempotency_key
+"""
+
+_SUMMARY = """
+SELECT item_id, idempotency_key, status, success, attempts, reason, error,
+       retryable, output, processor, data, lease_until, started_at,
+       created_at, updated_at
+FROM batch_item
+WHERE batch_id = %s AND org_id = %s
+ORDER BY id
+"""
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    batch_id: str
+    item_id: str
+    key: str
+    payload_hash: str
+    data: Any
+    processor: str
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """The claim statement's answer for one key."""
+
+    key: str
+    claimed: bool
+    claimed_attempts: int | None
+    taken_over: bool
+    status: str | None
+    payload_hash: str | None
+    attempts: int | None
+    reason: str | None
+    error: str | None
+    retryable: bool | None
+    output: Any
+
+
+@dataclass(frozen=True)
+class Completion:
+    key: str
+    status: str
+    success: bool | None
+    attempts: int
+    reason: str | None
+    error: str | None
+    retryable: bool | None
+    output: Any
+    keep_started: bool = False
+
+
+class BatchStore:
+    """The batch statements on one :class:`~resilience.db.Database`."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def __repr__(self) -> str:
+        return f"<BatchStore {self.database!r}>"
+
+    def claim(
+        self,
+        requests: Sequence[ClaimRequest],
+        *,
+        owner: str,
+        lease_s: float,
+        org_id: str,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> dict[str, ClaimRow]:
+        """Claim every free key in one statement; return the state of each key."""
+        params = {
+            "batch_ids": [r.batch_id for r in requests],
+            "item_ids": [r.item_id for r in requests],
+            "keys": [r.key for r in requests],
+            "hashes": [r.payload_hash for r in requests],
+            "data": [Jsonb(r.data) for r in requests],
+            "processors": [r.processor for r in requests],
+            "org_id": org_id,
+            "lease_s": float(lease_s),
+            "owner": owner,
+        }
+        if connection is not None:
+            rows = connection.execute(_CLAIM, params).fetchall()
+        else:
+            with self.database.transaction() as conn:
+                rows = conn.execute(_CLAIM, params).fetchall()
+        return {row["idempotency_key"]: _claim_row(row) for row in rows}
+
+    def mark_started(self, key: str, *, owner: str) -> bool:
+        """Record that a side-effecting call is about to start; False: lease lost."""
+        with self.database.transaction() as conn:
+            row = conn.execute(_MARK_STARTED, (key, owner)).fetchone()
+        return row is not None
+
+    def complete(self, completions: Sequence[Completion], *, owner: str) -> set[str]:
+        """Record outcomes in one statement; return the keys still owned."""
+        if not completions:
+            return set()
+        with self.database.transaction() as conn:
+            return self.complete_in(conn, completions, owner=owner)
+
+    def complete_in(
+        self,
+        connection: psycopg.Connection[Any],
+        completions: Sequence[Completion],
+        *,
+        owner: str,
+    ) -> set[str]:
+        params = {
+            "keys": [c.key for c in completions],
+            "statuses": [c.status for c in completions],
+            "successes": [c.success for c in completions],
+            "attempts": [c.attempts for c in completions],
+            "reasons": [c.reason for c in completions],
+            "errors": [c.error for c in completions],
+            "retryables": [c.retryable for c in completions],
+            "outputs": [
+                None if c.output is None else Jsonb(c.output) for c in completions
+            ],
+            "keep_started": [c.keep_started for c in completions],
+            "owner": owner,
+        }
+        rows = connection.execute(_COMPLETE, params).fetchall()
+        return {row["idempotency_key"] for row in rows}
+
+    def summary_rows(self, batch_id: str, *, org_id: str) -> list[dict[str, Any]]:
+        with self.database.transaction() as conn:
+            return conn.execute(_SUMMARY, (batch_id, org_id)).fetchall()
+
+
+def _claim_row(row: dict[str, Any]) -> ClaimRow:
+    return ClaimRow(
+        key=row["idempotency_key"],
+        claimed=bool(row["claimed"]),
+        claimed_attempts=row["claimed_attempts"],
+        taken_over=bool(row["taken_over"]),
+        status=row["status"],
+        payload_hash=row["payload_hash"],
+        attempts=row["attempts"],
+        reason=row["reason"],
+        error=row["error"],
+        retryable=row["retryable"],
+        output=row["output"],
+    )
