@@ -1,0 +1,264 @@
+"""Circuit breaker handler: call registered services over HTTP and from SQS.
+
+Routes (API Gateway HTTP API):
+
+- ``POST /breaker/calls`` ``{"service", "path", "method", "body"?, "headers"?,
+  "idempotencyKey"?}``: 200 with the downstream status and the breaker state
+  for any HTTP answer, 502 when the service cannot be reached, 504 when it
+  times out, 503 with ``retryAfterMs`` when the breaker rejects the call,
+  400 for bad input.
+- ``GET /breaker/{service}``: state, failure count, opened-until.
+- ``POST /breaker/{service}/reset``: admin only (JWT scope
+  ``resilience:admin``, or ``Authorization: Bearer $ADMIN_API_TOKEN`` when
+  that variable is set); audited.
+
+SQS (``breaker-calls``): each message body is a ``POST /breaker/calls``
+body. Breaker rejections, 5xx answers and unreachable services go back to
+the queue (batchItemFailures); bad input is final and answered once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from resilience.api import build_resolver, error_response, json_body, json_response
+from resilience.breaker import BreakerSnapshot, get_breaker
+from resilience.errors import (
+    BreakerOpenError,
+    TransientError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+    ValidationError,
+)
+from resilience.messaging import org_id_from_record, send_reply
+from resilience.services import ServiceResponse, call_service, default_registry
+
+logger = Logger(service="circuit-breaker")
+app = build_resolver()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+ADMIN_SCOPE = "resilience:admin"
+ENV_ADMIN_API_TOKEN = "ADMIN_API_TOKEN"
+MAX_HEADERS = 50
+
+
+@app.exception_handler(UpstreamConnectionError)
+def _unreachable(error: UpstreamConnectionError) -> Response:
+    return error_response(
+        502, "upstream_unreachable", str(error), service=error.service
+    )
+
+
+@app.exception_handler(UpstreamTimeoutError)
+def _timed_out(error: UpstreamTimeoutError) -> Response:
+    return error_response(504, "upstream_timeout", str(error), service=error.service)
+
+
+def parse_call(body: Any) -> dict[str, Any]:
+    """Validate a call request; the result holds call_service's arguments."""
+    if not isinstance(body, dict):
+        raise ValidationError(
+            f"the call must be a JSON object, got {type(body).__name__}", field="body"
+        )
+    service = body.get("service")
+    if not isinstance(service, str) or not service:
+        raise ValidationError(
+            "service is missing: name a registered service", field="service"
+        )
+    path = body.get("path", "/")
+    method = body.get("method", "GET")
+    headers = body.get("headers") or {}
+    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
+        raise ValidationError(
+            f"headers must be a JSON object of at most {MAX_HEADERS} string values",
+            field="headers",
+        )
+    key = body.get("idempotencyKey")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 255):
+        raise ValidationError(
+            "idempotencyKey must be a string of 1-255 characters",
+            field="idempotencyKey",
+        )
+    return {
+        "name": service,
+        "method": method,
+        "path": path,
+        "body": body.get("body"),
+        "headers": headers,
+        "idempotency_key": key,
+    }
+
+
+def _response_body(service: str, result: ServiceResponse) -> dict[str, Any]:
+    return {
+        "service": service,
+        "status": result.status,
+        "body": result.body,
+        "breakerState": result.breaker_state,
+        "attempts": result.attempts,
+        "elapsedMs": result.elapsed_ms,
+    }
+
+
+def _snapshot_body(snapshot: BreakerSnapshot) -> dict[str, Any]:
+    return {
+        "service": snapshot.name,
+        "state": snapshot.state.value,
+        "failureCount": snapshot.failure_count,
+        "openedUntil": snapshot.opened_until.isoformat()
+        if snapshot.opened_until
+        else None,
+        "generation": snapshot.generation,
+    }
+
+
+def _deadline(context: LambdaContext | None) -> float | None:
+    if context is None:
+        return None
+    return time.time() + context.get_remaining_time_in_millis() / 1000
+
+
+@app.post("/breaker/calls")
+def post_call() -> Response:
+    request = parse_call(json_body(app))
+    result = call_service(**request, deadline=_deadline(app.lambda_context))
+    return json_response(200, _response_body(request["name"], result))
+
+
+@app.get("/breaker/<service>")
+def get_state(service: str) -> Response:
+    config = _registered(service)
+    if config is None:
+        return error_response(
+            404, "not_found", f"service {service!r} is not registered"
+        )
+    snapshot = get_breaker(service, config.breaker, critical=config.critical).snapshot()
+    return json_response(200, _snapshot_body(snapshot))
+
+
+@app.post("/breaker/<service>/reset")
+def post_reset(service: str) -> Response:
+    actor, denied = _authorize_admin(app.current_event.raw_event)
+    if denied is not None:
+        return denied
+    config = _registered(service)
+    if config is None:
+        return error_response(
+            404, "not_found", f"service {service!r} is not registered"
+        )
+    breaker = get_breaker(service, config.breaker, critical=config.critical)
+    snapshot = breaker.reset(actor=actor or "unknown")
+    logger.info("breaker.reset_requested", extra={"service": service, "actor": actor})
+    return json_response(200, _snapshot_body(snapshot))
+
+
+def _registered(service: str) -> Any:
+    return default_registry().services.get(service)
+
+
+def _authorize_admin(event: dict[str, Any]) -> tuple[str | None, Response | None]:
+    """Return (actor, None) for an admin caller, or (None, a 401/403 response)."""
+    authorizer = (event.get("requestContext") or {}).get("authorizer") or {}
+    jwt = authorizer.get("jwt") or {}
+    claims = jwt.get("claims") or {}
+    if claims:
+        scopes = set(jwt.get("scopes") or [])
+        scopes |= set(str(claims.get("scope") or "").split())
+        scp = claims.get("scp")
+        scopes |= set(scp if isinstance(scp, list) else str(scp or "").split())
+        if ADMIN_SCOPE in scopes or str(claims.get(ADMIN_SCOPE)).lower() == "true":
+            return str(claims.get("sub") or "jwt"), None
+        return None, error_response(
+            403, "forbidden", f"the token lacks the {ADMIN_SCOPE} scope"
+        )
+
+    expected = os.environ.get(ENV_ADMIN_API_TOKEN)
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    supplied = str(headers.get("authorization") or "")
+    if not expected or not supplied.startswith("Bearer "):
+        return None, error_response(
+            401,
+            "unauthorized",
+            f"send a JWT with the {ADMIN_SCOPE} scope, or Authorization: Bearer "
+            "<ADMIN_API_TOKEN>",
+        )
+    if not hmac.compare_digest(supplied[len("Bearer ") :].encode(), expected.encode()):
+        return None, error_response(401, "unauthorized", "the admin token is invalid")
+    return "admin-token", None
+
+
+def record_handler(record: SQSRecord) -> dict[str, Any]:
+    """Run one queued call; raising sends the message back to the queue."""
+    raw = record.raw_event
+    message_id = record.message_id
+    try:
+        org_id = org_id_from_record(raw)
+        request = parse_call(json.loads(record.body))
+        result = call_service(**request, deadline=_deadline(processor.lambda_context))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        # Bad input stays bad: answer once and drop the message.
+        field = getattr(exc, "field", "body")
+        logger.error(
+            "breaker.call_rejected",
+            extra={"message_id": message_id, "field": field, "error": str(exc)},
+        )
+        outcome = {"ok": False, "error": "validation_error", "message": str(exc)}
+        send_reply(raw, {**outcome, "field": field})
+        return outcome
+    except (BreakerOpenError, TransientError) as exc:
+        logger.warning(
+            "breaker.call_retry_later",
+            extra={"message_id": message_id, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        raise
+
+    outcome = {"ok": result.status < 400, **_response_body(request["name"], result)}
+    logger.info(
+        "breaker.call_completed",
+        extra={
+            "message_id": message_id,
+            "org_id": org_id,
+            "service": request["name"],
+            "status": result.status,
+            "breaker_state": result.breaker_state,
+        },
+    )
+    if result.status >= 500 or result.status == 429:
+        raise TransientServiceAnswer(request["name"], result.status)
+    send_reply(raw, outcome)
+    return outcome
+
+
+class TransientServiceAnswer(TransientError):
+    """A 5xx or 429 answer after the retries; the message is tried again later."""
+
+    def __init__(self, service: str, status: int) -> None:
+        super().__init__(f"{service!r} answered {status}", service=service)
+        self.status = status
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Serve HTTP API events and SQS batches."""
+    if "Records" in event:
+        return process_partial_response(
+            event=event,
+            record_handler=record_handler,
+            processor=processor,
+            context=context,
+        )
+    return app.resolve(event, context)

@@ -1,0 +1,498 @@
+"""Registered downstream services, called through their circuit breakers.
+
+Only services named in configuration can be called, and only by a relative
+path under their base URL: a URL taken from a request would let a caller
+reach any host the Lambda can reach (server-side request forgery).
+
+``BREAKER_SERVICES`` is a JSON object of name to settings::
+
+    {"payments": {"baseUrl": "https://payments.internal/api",
+                  "timeoutS": 5, "critical": true,
+                  "breaker": {"failureThreshold": 5, "resetTimeoutS": 30},
+                  "retry": {"attempts": 2, "backoffFactor": 2,
+                            "initialWaitS": 0.2, "maxWaitS": 5}}}
+
+Only ``baseUrl`` is required. ``breaker`` takes the camelCase names of
+:class:`~resilience.breaker.BreakerConfig` fields (see ``docs/breaker.md``);
+its ``probeLeaseS`` defaults to twice ``timeoutS``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import stamina
+
+from resilience.breaker import BreakerConfig, get_breaker
+from resilience.errors import (
+    BreakerOpenError,
+    ConfigError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+    ValidationError,
+)
+
+__all__ = [
+    "RetryConfig",
+    "ServiceConfig",
+    "ServiceRegistry",
+    "ServiceResponse",
+    "call_service",
+    "validate_path",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_SERVICES = "BREAKER_SERVICES"
+ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+# Headers a caller may not set: they describe the connection or the target,
+# which this module controls.
+BLOCKED_HEADERS = frozenset(
+    {"host", "content-length", "connection", "transfer-encoding", "upgrade", "te"}
+)
+# Time kept back from the deadline for shaping the response after the call.
+DEADLINE_MARGIN_S = 0.25
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retries of one call: attempts in total, exponential backoff in seconds."""
+
+    attempts: int = 2
+    backoff_factor: float = 2.0
+    initial_wait: float = 0.2
+    max_wait: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(
+                f"retry.attempts must be >= 1, got {self.attempts}",
+                setting="retry.attempts",
+            )
+        if self.backoff_factor < 1:
+            raise ConfigError(
+                f"retry.backoffFactor must be >= 1, got {self.backoff_factor}",
+                setting="retry.backoffFactor",
+            )
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """A registered service: base URL, timeout and breaker settings."""
+
+    name: str
+    base_url: str
+    timeout_s: float = 5.0
+    critical: bool = False
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass(frozen=True)
+class ServiceResponse:
+    """A downstream HTTP answer and how the call went."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+    breaker_state: str
+    attempts: int
+    elapsed_ms: int
+
+
+class ServiceRegistry:
+    """Services that may be called, by name."""
+
+    def __init__(self, services: Mapping[str, ServiceConfig]) -> None:
+        self.services = dict(services)
+        self._clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ServiceRegistry services={sorted(self.services)}>"
+
+    @classmethod
+    def from_env(cls) -> ServiceRegistry:
+        """Parse ``BREAKER_SERVICES`` (see the module docstring)."""
+        return cls.from_json(os.environ.get(ENV_SERVICES) or "{}")
+
+    @classmethod
+    def from_json(cls, raw: str) -> ServiceRegistry:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{ENV_SERVICES} is not valid JSON ({exc.msg} at position {exc.pos})",
+                setting=ENV_SERVICES,
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{ENV_SERVICES} must be a JSON object of name to settings, "
+                f"got {type(data).__name__}",
+                setting=ENV_SERVICES,
+            )
+        return cls({name: _parse_service(name, spec) for name, spec in data.items()})
+
+    def get(self, name: object) -> ServiceConfig:
+        """Return the service called ``name``; unknown names raise ValidationError."""
+        if not isinstance(name, str) or name not in self.services:
+            known = ", ".join(sorted(self.services)) or "none registered"
+            raise ValidationError(
+                f"service {name!r} is not registered: use one of {known}",
+                field="service",
+            )
+        return self.services[name]
+
+    def client(self, service: ServiceConfig) -> httpx.Client:
+        """Return the service's HTTP client (one per service per container)."""
+        with self._lock:
+            client = self._clients.get(service.name)
+            if client is None:
+                # Redirects are not followed: one could lead to another host.
+                client = httpx.Client(
+                    base_url=service.base_url, follow_redirects=False, timeout=None
+                )
+                self._clients[service.name] = client
+            return client
+
+
+def _parse_service(name: str, spec: Any) -> ServiceConfig:
+    setting = f"{ENV_SERVICES}.{name}"
+    if not _NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"service name {name!r} must be 1-64 letters, digits, '_', '.', ':' or '-'",
+            setting=setting,
+        )
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{setting} must be a JSON object", setting=setting)
+
+    base_url = spec.get("baseUrl")
+    if not isinstance(base_url, str):
+        base_url = ""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"{setting}.baseUrl must be an http(s) URL, got {spec.get('baseUrl')!r}",
+            setting=f"{setting}.baseUrl",
+        )
+    timeout_s = float(spec.get("timeoutS", 5))
+    if timeout_s <= 0:
+        raise ConfigError(
+            f"{setting}.timeoutS must be > 0, got {timeout_s}",
+            setting=f"{setting}.timeoutS",
+        )
+
+    breaker = BreakerConfig.from_env(probe_lease=2 * timeout_s)
+    breaker = breaker.with_mapping(
+        spec.get("breaker") or {}, source=f"{setting}.breaker"
+    )
+    retry_spec = spec.get("retry") or {}
+    retry = RetryConfig(
+        attempts=int(retry_spec.get("attempts", 2)),
+        backoff_factor=float(retry_spec.get("backoffFactor", 2)),
+        initial_wait=float(retry_spec.get("initialWaitS", 0.2)),
+        max_wait=float(retry_spec.get("maxWaitS", 5)),
+    )
+    return ServiceConfig(
+        name=name,
+        base_url=base_url.rstrip("/"),
+        timeout_s=timeout_s,
+        critical=bool(spec.get("critical", False)),
+        breaker=breaker,
+        retry=retry,
+    )
+
+
+def validate_path(path: object) -> str:
+    """Return ``path`` when it is a relative path under the base URL, else raise.
+
+    Rejected: anything not starting with one '/', '//' (a network path that
+    names a host), a scheme, '..' segments, backslashes and control characters.
+    """
+    if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
+        raise ValidationError(
+            f"path must be a relative path starting with a single '/', got {path!r}",
+            field="path",
+        )
+    bare = path.split("?", 1)[0].split("#", 1)[0]
+    segments = bare.split("/")
+    if (
+        "\\" in path
+        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in path)
+        or "://" in path
+        or any(segment in ("..", ".") for segment in segments)
+        or "%2e" in bare.lower()
+        or "%2f" in bare.lower()
+    ):
+        raise ValidationError(
+            "path must not contain '..' or '.' segments, encoded dots or slashes, "
+            f"backslashes, control characters or a URL scheme, got {path!r}",
+            field="path",
+        )
+    return path
+
+
+class _RetryableAnswer(Exception):
+    """An HTTP answer that counts as a failure; raised so that stamina retries."""
+
+    def __init__(self, response: httpx.Response, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.retry_after = retry_after
+
+
+_registry: ServiceRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def default_registry() -> ServiceRegistry:
+    """Return the container's registry, parsed from the environment once."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = ServiceRegistry.from_env()
+        return _registry
+
+
+def reset_default_registry() -> None:
+    global _registry
+    with _registry_lock:
+        _registry = None
+
+
+def call_service(
+    name: str,
+    method: str = "GET",
+    path: str = "/",
+    *,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    idempotency_key: str | None = None,
+    deadline: float | None = None,
+    registry: ServiceRegistry | None = None,
+) -> ServiceResponse:
+    """Call a registered service through its breaker, retrying as configured.
+
+    ``deadline`` is an epoch time (``time.time()``) by which the call must be
+    over, such as the Lambda's end; attempts and waits never go past it.
+
+    Raises:
+        ValidationError: unknown service, method, path or header.
+        BreakerOpenError: the breaker rejected the first attempt.
+        UpstreamConnectionError: the service could not be reached.
+        UpstreamTimeoutError: the service did not answer in time.
+    """
+    registry = registry or default_registry()
+    service = registry.get(name)
+    method = _validate_method(method)
+    path = validate_path(path)
+    request_headers = _request_headers(headers, idempotency_key)
+    breaker = get_breaker(service.name, service.breaker, critical=service.critical)
+    client = registry.client(service)
+
+    started = time.monotonic()
+    attempts = 0
+    failed_answer: httpx.Response | None = None
+    last_error: Exception | None = None
+    retry = service.retry
+
+    def wait_for(error: Exception) -> bool | float:
+        # stamina calls this after a failed attempt: True retries with its
+        # backoff, a number retries after that many seconds, False stops.
+        if isinstance(error, _RetryableAnswer) and error.retry_after is not None:
+            left = _remaining(deadline)
+            if left is not None and error.retry_after > left:
+                return False
+            return min(error.retry_after, retry.max_wait)
+        return isinstance(
+            error, _RetryableAnswer | UpstreamConnectionError | UpstreamTimeoutError
+        )
+
+    try:
+        for attempt in stamina.retry_context(
+            on=wait_for,
+            attempts=retry.attempts,
+            timeout=_remaining(deadline),
+            wait_initial=retry.initial_wait,
+            wait_max=retry.max_wait,
+            wait_exp_base=retry.backoff_factor,
+            wait_jitter=retry.initial_wait,
+        ):
+            with attempt:
+                attempts += 1
+                try:
+                    response = _attempt(
+                        breaker,
+                        client,
+                        service,
+                        method,
+                        path,
+                        body,
+                        request_headers,
+                        deadline,
+                    )
+                except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
+                    last_error = exc
+                    raise
+                if breaker.config.counts_status(response.status_code):
+                    failed_answer = response
+                    raise _RetryableAnswer(response, _retry_after(response))
+    except _RetryableAnswer as exhausted:
+        response = exhausted.response
+    except BreakerOpenError:
+        # A retry rejected by the breaker ends the retries: the caller gets
+        # what the previous attempt got.
+        if failed_answer is not None:
+            response = failed_answer
+        elif last_error is not None:
+            raise last_error from None
+        else:
+            raise
+
+    return ServiceResponse(
+        status=response.status_code,
+        headers=dict(response.headers),
+        body=_decode_body(response),
+        breaker_state=breaker.last_seen_state or "closed",
+        attempts=attempts,
+        elapsed_ms=round((time.monotonic() - started) * 1000),
+    )
+
+
+def _attempt(
+    breaker: Any,
+    client: httpx.Client,
+    service: ServiceConfig,
+    method: str,
+    path: str,
+    body: Any,
+    headers: dict[str, str],
+    deadline: float | None,
+) -> httpx.Response:
+    left = _remaining(deadline)
+    timeout = service.timeout_s if left is None else min(service.timeout_s, left)
+    if timeout <= 0:
+        raise UpstreamTimeoutError(
+            f"no time left before the deadline to call {service.name!r}",
+            service=service.name,
+        )
+
+    permit = breaker.acquire()
+    content, content_headers = _encode_body(body)
+    try:
+        response = client.request(
+            method,
+            path,
+            content=content,
+            headers={**headers, **content_headers},
+            timeout=timeout,
+        )
+    except httpx.TimeoutException as exc:
+        error: Exception = UpstreamTimeoutError(
+            f"{service.name!r} did not answer {method} {path} within {timeout:.2f} s",
+            service=service.name,
+        )
+        permit.failure(error)
+        raise error from exc
+    except httpx.TransportError as exc:
+        error = UpstreamConnectionError(
+            f"cannot reach {service.name!r} for {method} {path}: {type(exc).__name__}",
+            service=service.name,
+        )
+        permit.failure(error)
+        raise error from exc
+
+    permit.record_status(response.status_code)
+    logger.info(
+        "service.called",
+        extra={
+            "service": service.name,
+            "method": method,
+            "status": response.status_code,
+        },
+    )
+    return response
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.time() - DEADLINE_MARGIN_S)
+
+
+def _validate_method(method: object) -> str:
+    upper = method.upper() if isinstance(method, str) else method
+    if upper not in ALLOWED_METHODS:
+        raise ValidationError(
+            f"method must be one of {', '.join(sorted(ALLOWED_METHODS))}, "
+            f"got {method!r}",
+            field="method",
+        )
+    return str(upper)
+
+
+def _request_headers(
+    headers: Mapping[str, str] | None, idempotency_key: str | None
+) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in (headers or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValidationError(
+                "headers must map header names to string values",
+                field="headers",
+            )
+        if key.lower() in BLOCKED_HEADERS:
+            raise ValidationError(
+                f"header {key!r} cannot be set by the caller: remove it",
+                field=f"headers.{key}",
+            )
+        result[key] = value
+    if idempotency_key is not None:
+        result["Idempotency-Key"] = idempotency_key
+    return result
+
+
+def _encode_body(body: Any) -> tuple[bytes | None, dict[str, str]]:
+    if body is None:
+        return None, {}
+    if isinstance(body, bytes):
+        return body, {}
+    if isinstance(body, str):
+        return body.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+    return json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+def _decode_body(response: httpx.Response) -> Any:
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            return response.json()
+        except ValueError:
+            pass
+    return response.text
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
