@@ -255,7 +255,7 @@ class TransientServiceAnswer(TransientError):
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Serve HTTP API events and SQS batches."""
     if "Records" in event:
-        return process_partial_response(
+        return process_partial_response(  # type: ignore[return-value]
             event=event,
             record_handler=record_handler,
             processor=processor,

@@ -216,6 +216,12 @@ class CircuitBreaker:
             f"store_available={not self._outage}>"
         )
 
+    @property
+    def last_seen_state(self) -> str | None:
+        """State this instance saw at its last store round trip (None before one)."""
+        seen = self._seen
+        return seen.state if seen is not None else None
+
     def add_listener(self, listener: TransitionListener) -> None:
         """Call ``listener`` with every :class:`Transition` this instance makes."""
         self._listeners.append(listener)
