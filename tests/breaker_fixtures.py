@@ -79,6 +79,12 @@ def store(make_store: object) -> KeyValueStore:
     return make_store()  # type: ignore[operator,no-any-return]
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when 20 callers start at once.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class FakeClock:
     """A settable clock (epoch seconds) shared by every breaker of a test."""
 
@@ -162,7 +168,7 @@ class Downstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

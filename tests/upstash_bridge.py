@@ -27,6 +27,12 @@ __all__ = ["UpstashBridge"]
 MODES = ("ok", "error", "html_error", "hang")
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when 20 callers start at once.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class UpstashBridge:
     """Serve the Upstash REST API on 127.0.0.1, executing commands on Redis."""
 
@@ -38,7 +44,7 @@ class UpstashBridge:
         self._resume = threading.Event()
         self._resume.set()
         self._local = threading.local()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

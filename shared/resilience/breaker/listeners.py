@@ -103,7 +103,9 @@ class PostgresRecorder:
                         "generation": transition.generation,
                         "reason": transition.reason,
                         "failureCount": transition.failure_count,
-                        "openedUntil": transition.opened_until,
+                        "openedUntil": transition.opened_until.isoformat()
+                        if transition.opened_until
+                        else None,
                     },
                     dedupe_key=transition_dedupe_key(
                         transition.name, transition.generation
