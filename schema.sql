@@ -196,3 +196,27 @@ CREATE TABLE IF NOT EXISTS slack_request_seen (
     signature_hash text PRIMARY KEY,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Graceful degradation, in depth: the token partitions, price version, tier
+-- and outcome of each llm_usage row, and the spend per org and UTC day that
+-- the budgets are checked against. `reserved` is the maximum cost of paid
+-- calls in flight, so a hard budget is checked against spent + reserved.
+ALTER TABLE llm_usage
+    ADD COLUMN IF NOT EXISTS tier text NOT NULL DEFAULT 'default',
+    ADD COLUMN IF NOT EXISTS cached_input_tokens integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS cache_write_tokens integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS tokens_estimated boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS price_version text,
+    ADD COLUMN IF NOT EXISTS incomplete boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS reason text,
+    ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS llm_daily_spend (
+    org_id text NOT NULL,
+    day date NOT NULL,
+    spent numeric(14, 8) NOT NULL DEFAULT 0,
+    reserved numeric(14, 8) NOT NULL DEFAULT 0,
+    alerted_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, day)
+);

@@ -1,0 +1,180 @@
+"""One attempt at one (provider, model): breaker permit, budget, call, outcome.
+
+An attempt never raises a provider error: it returns an :class:`Outcome`
+holding the answer or the translated error, so the chain (and hedging, which
+runs two attempts at once) decides what to do next in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from resilience.errors import BreakerOpenError, ResilienceError
+from resilience.llm.classify import ErrorClass, error_class_of
+from resilience.llm.config import TierStep
+from resilience.llm.types import CompletionRequest, ProviderAnswer, Usage
+
+__all__ = ["Attempt", "CallState", "Outcome"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CallState:
+    """Everything one ``complete`` call carries from step to step."""
+
+    request: CompletionRequest
+    run_id: str
+    deadline: float
+    started: float
+    day: date
+    attempts: int = 0
+    fell_back: bool = False
+    reserve_budget: bool = True
+    errors: list[str] = field(default_factory=list)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def log_extra(self, step: TierStep, **more: Any) -> dict[str, Any]:
+        return {
+            "provider": step.provider,
+            "model": step.model,
+            "attempt": self.attempts,
+            "request_id": self.run_id,
+            "org_id": self.request.org_id,
+            **more,
+        }
+
+
+@dataclass
+class Outcome:
+    """The result of one attempt: an answer, or an error and its class."""
+
+    step: TierStep
+    answer: ProviderAnswer | None = None
+    error: ResilienceError | None = None
+    error_class: ErrorClass | None = None
+    latency_ms: int = 0
+    reserved: Decimal = Decimal(0)
+    skipped: bool = False
+    # Usage reported by a stream before it failed, if any.
+    usage_seen: Usage | None = None
+
+
+class Attempt:
+    """Run one provider call under its breaker, budget reservation and timeout.
+
+    ``start`` returns None when the step is skipped before any call (breaker
+    open, deadline spent); ``run`` makes the call and reports its outcome to
+    the breaker. The budget callbacks reserve and release the attempt's
+    maximum cost; they raise ``BudgetExceededError`` themselves when the
+    chain must refuse.
+    """
+
+    def __init__(
+        self,
+        state: CallState,
+        step: TierStep,
+        *,
+        provider: Any,
+        breaker: Any,
+        timeout_s: float,
+        reserve: Callable[[TierStep], Decimal | None],
+        release: Callable[[Decimal], None],
+    ) -> None:
+        self.state = state
+        self.step = step
+        self.provider = provider
+        self.breaker = breaker
+        self.timeout_s = timeout_s
+        self._reserve = reserve
+        self._release = release
+        self.permit: Any = None
+        self.reserved = Decimal(0)
+
+    def start(self) -> Outcome | None:
+        """Take a breaker permit and a budget reservation; None means go ahead."""
+        state, step = self.state, self.step
+        try:
+            self.permit = self.breaker.acquire()
+        except BreakerOpenError as exc:
+            logger.info(
+                "provider.skipped",
+                extra=state.log_extra(
+                    step, reason="breaker_open", retry_after=exc.retry_after
+                ),
+            )
+            return Outcome(step, skipped=True, error=exc)
+
+        reserved = self._reserve(step)
+        if reserved is None:
+            # Over the hard budget: the permit was not used for a call.
+            self.permit.success()
+            return Outcome(step, skipped=True)
+        self.reserved = reserved
+        return None
+
+    def run(self) -> Outcome:
+        step, request = self.step, self.state.request
+        assert request.messages is not None
+        started = time.monotonic()
+        try:
+            answer = self.provider.complete(
+                step.model,
+                request.messages,
+                max_tokens=request.max_tokens,
+                timeout_s=self.timeout_s,
+                temperature=request.temperature,
+            )
+        except ResilienceError as error:
+            latency_ms = round((time.monotonic() - started) * 1000)
+            return self.failed(error, latency_ms)
+
+        self.permit.success()
+        latency_ms = round((time.monotonic() - started) * 1000)
+        return Outcome(
+            step, answer=answer, latency_ms=latency_ms, reserved=self.reserved
+        )
+
+    def failed(self, error: ResilienceError, latency_ms: int) -> Outcome:
+        """Report a failed call to the breaker and give back its reservation."""
+        state, step = self.state, self.step
+        error_class = error_class_of(error)
+        self._release(self.reserved)
+
+        if error_class in (
+            ErrorClass.TRANSIENT,
+            ErrorClass.RATE_LIMITED,
+            ErrorClass.CONFIG_ERROR,
+        ):
+            self.permit.failure(error)
+        else:
+            # The provider worked; the request itself was the problem.
+            self.permit.success()
+        retry_after = getattr(error, "retry_after", None)
+        if error_class is ErrorClass.RATE_LIMITED and retry_after:
+            self.breaker.open_until(time.time() + retry_after)
+
+        log = logger.error if error_class is ErrorClass.CONFIG_ERROR else logger.warning
+        log(
+            "provider.failed",
+            extra=state.log_extra(
+                step,
+                error_class=str(error_class),
+                error=type(error).__name__,
+                status=getattr(error, "status", None),
+                retry_after=retry_after,
+                latency_ms=latency_ms,
+            ),
+        )
+        state.errors.append(f"{step.name}: {error_class}")
+        return Outcome(
+            step, error=error, error_class=error_class, latency_ms=latency_ms
+        )

@@ -1,0 +1,338 @@
+"""Translate provider SDK exceptions into the project's error tree, once per SDK.
+
+Each SDK exception class maps, by name and through its class hierarchy, to a
+translator. A translator reads the status, the error body (``type`` and
+``code``) and the ``Retry-After`` header, and returns one of:
+
+===================  ==========================================  ====================
+error class          raised as                                   the chain then
+===================  ==========================================  ====================
+``transient``        UpstreamServerError, UpstreamTimeoutError,  asks the next step
+                     UpstreamConnectionError                     at once
+``rate_limited``     RateLimitedError (``retry_after``)          opens the breaker until
+                                                                 Retry-After, next step
+``context_window``   ContextWindowExceededError                  tries the larger-window
+                                                                 model, else 4xx
+``content_policy``   ContentPolicyError                          returns 4xx
+``client_error``     UpstreamClientError                         returns 4xx
+``config_error``     AuthError (bad key, unknown model, billing) asks the next step
+===================  ==========================================  ====================
+
+Errors inside a 200 stream (an ``error`` event) carry no status: the body's
+error type stands in for it, so ``overloaded_error`` is a 529.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from resilience.errors import (
+    AuthError,
+    ContentPolicyError,
+    ContextWindowExceededError,
+    RateLimitedError,
+    ResilienceError,
+    TransientError,
+    UpstreamClientError,
+    UpstreamConnectionError,
+    UpstreamServerError,
+    UpstreamTimeoutError,
+)
+
+__all__ = [
+    "ANTHROPIC_TRANSLATORS",
+    "OPENAI_TRANSLATORS",
+    "ErrorClass",
+    "error_class_of",
+    "resolve_translator",
+    "translate_anthropic",
+    "translate_openai",
+]
+
+Translator = Callable[[BaseException, str], ResilienceError]
+
+
+class ErrorClass(enum.StrEnum):
+    """What went wrong with a provider call, by what the chain does next."""
+
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    CONTEXT_WINDOW = "context_window"
+    CONTENT_POLICY = "content_policy"
+    CLIENT_ERROR = "client_error"
+    CONFIG_ERROR = "config_error"
+
+
+def error_class_of(error: BaseException) -> ErrorClass:
+    """Return the error class of an exception already in the project's tree."""
+    if isinstance(error, ContextWindowExceededError):
+        return ErrorClass.CONTEXT_WINDOW
+    if isinstance(error, ContentPolicyError):
+        return ErrorClass.CONTENT_POLICY
+    if isinstance(error, RateLimitedError):
+        return ErrorClass.RATE_LIMITED
+    if isinstance(error, TransientError):
+        return ErrorClass.TRANSIENT
+    if isinstance(error, UpstreamClientError):
+        return ErrorClass.CLIENT_ERROR
+    return ErrorClass.CONFIG_ERROR
+
+
+# ---------------------------------------------------------------- reading errors
+
+# Error types of in-stream error events (and bodies) standing in for a status.
+_TYPE_STATUS = {
+    "overloaded_error": 529,
+    "api_error": 500,
+    "server_error": 500,
+    "timeout_error": 504,
+    "rate_limit_error": 429,
+    "invalid_request_error": 400,
+    "request_too_large": 413,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+}
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "prompt is too long",
+    "context window",
+    "too many tokens",
+)
+_POLICY_MARKERS = (
+    "content_policy_violation",
+    "content_filter",
+    "content filtering policy",
+    "safety system",
+)
+_QUOTA_CODES = ("insufficient_quota", "billing_hard_limit_reached")
+
+
+def _error_fields(error: BaseException) -> tuple[str, str, str]:
+    """Return (type, code, message) from an SDK error's body, lower case."""
+    body: Any = getattr(error, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    if not isinstance(body, dict):
+        body = {}
+    kind = str(body.get("type") or getattr(error, "type", None) or "")
+    code = str(body.get("code") or getattr(error, "code", None) or "")
+    message = str(body.get("message") or getattr(error, "message", "") or "")
+    return kind.lower(), code.lower(), message.lower()
+
+
+def _status_of(error: BaseException) -> int | None:
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int) and status >= 300:
+        return status
+    kind, _, _ = _error_fields(error)
+    return _TYPE_STATUS.get(kind)
+
+
+def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
+    """Read ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (now or time.time()))
+
+
+# ---------------------------------------------------------------- translators
+
+
+def _timeout(error: BaseException, service: str) -> ResilienceError:
+    return UpstreamTimeoutError(f"{service} timed out: {error}", service=service)
+
+
+def _connection(error: BaseException, service: str) -> ResilienceError:
+    return UpstreamConnectionError(
+        f"{service} could not be reached or closed the connection: {error}",
+        service=service,
+    )
+
+
+def _malformed(error: BaseException, service: str) -> ResilienceError:
+    return UpstreamServerError(
+        f"{service} returned a response that could not be parsed: "
+        f"{type(error).__name__}",
+        service=service,
+    )
+
+
+def _config(error: BaseException, service: str) -> ResilienceError:
+    return AuthError(
+        f"{service} rejected the configuration (key, model or account): {error}",
+        service=service,
+    )
+
+
+def _content_policy(error: BaseException, service: str) -> ResilienceError:
+    return ContentPolicyError(
+        f"{service} rejected the request under its content policy",
+        service=service,
+        status=400,
+    )
+
+
+def _client(error: BaseException, service: str) -> ResilienceError:
+    return UpstreamClientError(
+        f"{service} rejected the request: {error}",
+        service=service,
+        status=getattr(error, "status_code", None),
+    )
+
+
+def _by_status(error: BaseException, service: str) -> ResilienceError:
+    """Translate an error that has a status, or an error type standing in for one."""
+    status = _status_of(error)
+    kind, code, message = _error_fields(error)
+    text = f"{kind} {code} {message}"
+
+    if status == 429:
+        if code in _QUOTA_CODES:
+            return _config(error, service)
+        response = getattr(error, "response", None)
+        retry_after = retry_after_seconds(getattr(response, "headers", None))
+        return RateLimitedError(
+            f"{service} is rate limiting requests",
+            service=service,
+            retry_after=retry_after,
+        )
+    if status is None or status in (408, 409, 499) or status >= 500:
+        return UpstreamServerError(
+            f"{service} failed with status {status or 'unknown'} ({kind or 'no type'})",
+            service=service,
+            status=status,
+        )
+    if status in (401, 402, 403, 404):
+        return _config(error, service)
+    if any(marker in text for marker in _CONTEXT_MARKERS):
+        return ContextWindowExceededError(
+            f"{service}: the prompt does not fit the model's context window",
+            service=service,
+            status=status,
+        )
+    if any(marker in text for marker in _POLICY_MARKERS):
+        return _content_policy(error, service)
+    return _client(error, service)
+
+
+# Keyed by class name, so the SDKs are imported only when an error happens.
+OPENAI_TRANSLATORS: dict[str, Translator] = {
+    "APITimeoutError": _timeout,
+    "APIConnectionError": _connection,
+    "APIResponseValidationError": _malformed,
+    "RateLimitError": _by_status,
+    "InternalServerError": _by_status,
+    "BadRequestError": _by_status,
+    "AuthenticationError": _config,
+    "OAuthError": _config,
+    "PermissionDeniedError": _config,
+    "NotFoundError": _config,
+    "ConflictError": _by_status,
+    "UnprocessableEntityError": _by_status,
+    "APIStatusError": _by_status,
+    # An error event inside a stream: no status, only a body.
+    "APIError": _by_status,
+    "LengthFinishReasonError": _client,
+    "ContentFilterFinishReasonError": _content_policy,
+    "InvalidWebhookSignatureError": _config,
+    "SubjectTokenProviderError": _config,
+    "WebSocketConnectionClosedError": _connection,
+    "WebSocketQueueFullError": _by_status,
+    "OpenAIError": _config,
+}
+
+ANTHROPIC_TRANSLATORS: dict[str, Translator] = {
+    "APITimeoutError": _timeout,
+    "APIConnectionError": _connection,
+    "APIResponseValidationError": _malformed,
+    "APIWebhookValidationError": _config,
+    "RateLimitError": _by_status,
+    "InternalServerError": _by_status,
+    "HTTPNotImplementedError": _by_status,
+    "ServiceUnavailableError": _by_status,
+    "GatewayTimeoutError": _by_status,
+    "OverloadedError": _by_status,
+    "RequestTimeoutError": _by_status,
+    "ClientClosedRequestError": _by_status,
+    "ConflictError": _by_status,
+    "BadRequestError": _by_status,
+    "UnprocessableEntityError": _by_status,
+    "PreconditionFailedError": _by_status,
+    "ContentTooLargeError": _by_status,
+    "RequestHeaderFieldsTooLargeError": _by_status,
+    "AuthenticationError": _config,
+    "PaymentRequiredError": _config,
+    "PermissionDeniedError": _config,
+    "NotFoundError": _config,
+    "APIStatusError": _by_status,
+    # An error event inside a stream arrives as APIStatusError with status 200.
+    "APIError": _by_status,
+    "RetryableError": _by_status,
+    "CredentialsError": _config,
+    "IdentityTokenFileError": _config,
+    "AnthropicError": _config,
+}
+
+# Exceptions from parsing a malformed body, which the SDKs let through.
+_PARSE_ERRORS = (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def resolve_translator(
+    error_type: type[BaseException], table: dict[str, Translator], module_prefix: str
+) -> tuple[str, Translator] | None:
+    """Find the table entry of the nearest SDK class in ``error_type``'s hierarchy."""
+    for klass in error_type.__mro__:
+        if klass.__module__.split(".")[0] != module_prefix:
+            continue
+        translator = table.get(klass.__name__)
+        if translator is not None:
+            return klass.__name__, translator
+    return None
+
+
+def _translate(
+    error: BaseException, service: str, table: dict[str, Translator], sdk: str
+) -> ResilienceError:
+    found = resolve_translator(type(error), table, sdk)
+    if found is not None:
+        return found[1](error, service)
+    if isinstance(error, _PARSE_ERRORS):
+        return _malformed(error, service)
+    return UpstreamServerError(
+        f"{service} failed with an unexpected {type(error).__name__}", service=service
+    )
+
+
+def translate_openai(error: BaseException, service: str) -> ResilienceError:
+    """Translate an exception raised by the ``openai`` SDK (or by parsing its data)."""
+    return _translate(error, service, OPENAI_TRANSLATORS, "openai")
+
+
+def translate_anthropic(error: BaseException, service: str) -> ResilienceError:
+    """Translate an exception raised by the ``anthropic`` SDK or by parsing its data."""
+    return _translate(error, service, ANTHROPIC_TRANSLATORS, "anthropic")

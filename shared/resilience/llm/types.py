@@ -1,0 +1,205 @@
+"""Requests, results and token usage of the fallback chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from resilience.errors import ValidationError
+
+__all__ = [
+    "CompletionRequest",
+    "CompletionResult",
+    "ProviderAnswer",
+    "Usage",
+    "estimate_tokens",
+]
+
+ROLES = ("system", "user", "assistant")
+MAX_TOKENS_LIMIT = 32_000
+MAX_PROMPT_CHARS = 400_000
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimate a token count as one token per four characters (an estimate)."""
+    return (len(text) + 3) // 4
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one call, split the way providers bill them.
+
+    ``input_tokens`` counts the prompt tokens billed at the full input price;
+    ``cached_input_tokens`` those read from the provider's prompt cache and
+    ``cache_write_tokens`` those written to it. ``estimated`` is True when the
+    provider sent no usage (a broken stream) and the counts are estimates.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """What one provider call returned."""
+
+    text: str
+    usage: Usage
+    model: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One prompt (or message list) to complete through a tier of the chain.
+
+    ``run_id`` is the Lambda request id recorded in ``llm_usage``. The chain
+    takes it from the Lambda context when it is empty, and rejects the request
+    when neither is given. ``deadline_s`` is the caller's own limit in seconds
+    from now. ``cache=False`` skips the response cache for this request.
+    """
+
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    max_tokens: int = 500
+    org_id: str = "default"
+    run_id: str = ""
+    tier: str = "default"
+    cache: bool = True
+    deadline_s: float | None = None
+    temperature: float | None = None
+    system: str | None = None
+
+    def validated(self) -> CompletionRequest:
+        """Return the request with ``messages`` built, or raise ValidationError."""
+        messages = self.normalized_messages()
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool):
+            raise ValidationError(
+                f"maxTokens must be an integer, got {self.max_tokens!r}",
+                field="maxTokens",
+            )
+        if not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise ValidationError(
+                f"maxTokens must be between 1 and {MAX_TOKENS_LIMIT}, "
+                f"got {self.max_tokens}",
+                field="maxTokens",
+            )
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValidationError(
+                f"deadline must be positive seconds, got {self.deadline_s}",
+                field="deadlineS",
+            )
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise ValidationError(
+                f"temperature must be between 0 and 2, got {self.temperature}",
+                field="temperature",
+            )
+        return replace(self, messages=messages)
+
+    def normalized_messages(self) -> list[dict[str, Any]]:
+        if self.messages is None:
+            return [{"role": "user", "content": self._checked_prompt()}]
+        if self.prompt is not None:
+            raise ValidationError(
+                "send either prompt or messages, not both", field="messages"
+            )
+        if not isinstance(self.messages, list) or not self.messages:
+            raise ValidationError(
+                "messages must be a non-empty list of {role, content} objects",
+                field="messages",
+            )
+        total = 0
+        for index, message in enumerate(self.messages):
+            where = f"messages[{index}]"
+            if not isinstance(message, dict):
+                raise ValidationError(f"{where} must be an object", field=where)
+            if message.get("role") not in ROLES:
+                raise ValidationError(
+                    f"{where}.role must be one of {ROLES}, got {message.get('role')!r}",
+                    field=f"{where}.role",
+                )
+            content = message.get("content")
+            if not isinstance(content, str) or not content:
+                raise ValidationError(
+                    f"{where}.content must be a non-empty string",
+                    field=f"{where}.content",
+                )
+            total += len(content)
+        self._check_length(total, "messages")
+        return [{"role": m["role"], "content": m["content"]} for m in self.messages]
+
+    def _checked_prompt(self) -> str:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValidationError(
+                "prompt is missing or empty: send a non-empty string", field="prompt"
+            )
+        self._check_length(len(self.prompt), "prompt")
+        return self.prompt
+
+    @staticmethod
+    def _check_length(chars: int, name: str) -> None:
+        if chars > MAX_PROMPT_CHARS:
+            raise ValidationError(
+                f"{name} is {chars} characters, over the limit of {MAX_PROMPT_CHARS}",
+                field=name,
+            )
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    """The chain's answer to one request.
+
+    ``provider`` is ``openai``, ``anthropic`` or ``local`` (the template
+    answer). ``degraded`` is True when the tier's first step did not answer.
+    ``incomplete`` is True when a stream broke after content arrived: then
+    ``output`` is the partial text and ``reason`` names the error class.
+    ``cost`` is None when the model has no price.
+    """
+
+    ok: bool
+    output: str
+    provider: str
+    model: str
+    degraded: bool
+    cached: bool
+    incomplete: bool = False
+    reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: Decimal | None = None
+    latency_ms: int = 0
+    attempts: int = 0
+    price_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Shape the result for the HTTP and SQS responses."""
+        body: dict[str, Any] = {
+            "ok": self.ok,
+            "model": self.model,
+            "provider": self.provider,
+            "output": self.output,
+            "degraded": self.degraded,
+            "cached": self.cached,
+            "usage": {
+                "promptTokens": self.usage.prompt_tokens,
+                "completionTokens": self.usage.output_tokens,
+                "totalTokens": self.usage.total_tokens,
+            },
+            "cost": str(self.cost) if self.cost is not None else None,
+        }
+        if self.incomplete:
+            body["incomplete"] = True
+        if self.reason:
+            body["reason"] = self.reason
+        return body
