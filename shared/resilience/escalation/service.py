@@ -69,13 +69,17 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
 
 def stepfunctions_client() -> Any:
-    """Return a Step Functions client with short timeouts (endpoint from env)."""
+    """Return a Step Functions client with short timeouts (endpoint from env).
+
+    One attempt per call, bounded to about 3 s, because a Slack action must be
+    answered within 3 s; the outbox retries a failed delivery later.
+    """
     import boto3
 
     config = Config(
-        connect_timeout=2,
-        read_timeout=5,
-        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=1,
+        read_timeout=2,
+        retries={"total_max_attempts": 1, "mode": "standard"},
     )
     return boto3.client("stepfunctions", config=config)
 
@@ -169,6 +173,29 @@ class EscalationService:
             approval_urls=urls,
             expires_at=datetime.fromtimestamp(expires, UTC),
         )
+
+    def register_started_elsewhere(
+        self, escalation_id: str, execution_input: dict[str, Any]
+    ) -> None:
+        """Create the row and links of an execution started without :meth:`start`.
+
+        The expiry is counted from now, so it may be a little later than the
+        state machine's timeout.
+        """
+        request = validation.validate_start(
+            self.config,
+            data=execution_input.get("data"),
+            reason=execution_input.get("reason"),
+            org_id=validate_org_id(execution_input.get("orgId")),
+            escalation_type=execution_input.get("escalationType") or "default",
+            requested_by=execution_input.get("requestedBy"),
+            approvers=execution_input.get("approvers"),
+            timeout_seconds=execution_input.get("timeoutSeconds"),
+            source=execution_input.get("source"),
+            app_url=execution_input.get("appUrl"),
+        )
+        expires = int(time.time()) + request.timeout_seconds
+        self._create(escalation_id, request, expires)
 
     def _create(
         self, escalation_id: str, request: validation.StartRequest, expires: int
