@@ -16,6 +16,7 @@ import path, so a request cannot load arbitrary code.
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +48,9 @@ class ItemContext:
     """What a processor receives for one call.
 
     ``attempt`` counts calls for this item across deliveries, starting at 1.
-    ``remaining_s`` returns the seconds the run has left; pass it on as the
-    downstream deadline. Pass ``idempotency_key`` to any downstream that
+    ``remaining_s`` returns the seconds this call may use (the run's time left
+    minus the reserve for recording results); pass it on as the downstream
+    deadline. Pass ``idempotency_key`` to any downstream that
     accepts one, so that a repeated call has no second effect.
     """
 
@@ -170,6 +172,18 @@ def load_processor(import_path: str, name: str, options: dict[str, Any]) -> Proc
     return processor
 
 
+def _snake_case_keys(name: str, options: object) -> dict[str, Any]:
+    """Turn JSON option names (``acceptDegraded``) into keyword names."""
+    if not isinstance(options, dict):
+        raise ConfigError(
+            f"BATCH_PROCESSORS[{name!r}].options must be an object",
+            setting="BATCH_PROCESSORS",
+        )
+    return {
+        re.sub(r"(?<!^)(?=[A-Z])", "_", str(k)).lower(): v for k, v in options.items()
+    }
+
+
 class ProcessorRegistry:
     """Processors by name: the built-ins plus those configured or registered."""
 
@@ -221,7 +235,7 @@ class ProcessorRegistry:
                 "or 'builtin' and optional 'options'",
                 setting="BATCH_PROCESSORS",
             )
-        options = entry.get("options") or {}
+        options = _snake_case_keys(name, entry.get("options") or {})
         if "builtin" in entry:
             factory = BUILTIN_PROCESSORS.get(str(entry["builtin"]))
             if factory is None:

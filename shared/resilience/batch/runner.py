@@ -63,10 +63,15 @@ EscalateFn = Callable[..., Any]
 
 @dataclass
 class BatchRun:
-    """The results of one run, in the order the items were given."""
+    """The results of one run, in the order the items were given.
+
+    ``run_id`` names the run in audit rows and LLM usage (the Lambda request
+    id when there is one); ``owner`` is the unique lease owner of its claims.
+    """
 
     run_id: str
     results: list[ItemResult]
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def completed(self) -> int:
@@ -134,7 +139,6 @@ class BatchRunner:
         *,
         context: LambdaContextLike | None = None,
         budget: TimeBudget | None = None,
-        org_id: str = "default",
         run_id: str | None = None,
         raise_on_conflict: bool = False,
         fifo: bool = False,
@@ -150,7 +154,7 @@ class BatchRunner:
         )
         run = BatchRun(run_id=run_id or uuid.uuid4().hex, results=[])
         results: list[ItemResult | None] = [None] * len(items)
-        work = self._prepare(items, org_id, results)
+        work = self._prepare(items, results)
 
         primaries = [w for w in work if w.duplicate_of is None]
         if primaries:
@@ -159,7 +163,7 @@ class BatchRunner:
                     results[w.index] = _not_started(w, Reason.NOT_STARTED)
             else:
                 self._claim_and_execute(
-                    primaries, results, budget, run, org_id, raise_on_conflict, fifo
+                    primaries, results, budget, run, raise_on_conflict, fifo
                 )
 
         for w in work:
@@ -167,7 +171,7 @@ class BatchRunner:
                 results[w.index] = _duplicate_result(w, results[w.duplicate_of])
 
         run.results = [r for r in results if r is not None]
-        self._finish(run, org_id)
+        self._finish(run)
         return run
 
     # ------------------------------------------------------------ steps
@@ -175,7 +179,6 @@ class BatchRunner:
     def _prepare(
         self,
         items: Sequence[BatchItem],
-        org_id: str,
         results: list[ItemResult | None],
     ) -> list[_Work]:
         work: list[_Work] = []
@@ -188,7 +191,7 @@ class BatchRunner:
             name = item.processor or self.settings.default_processor
             try:
                 processor = self.registry.get(name)
-                digest = payload_hash(item.data, processor=name, org_id=org_id)
+                digest = payload_hash(item.data, processor=name, org_id=item.org_id)
             except (ValidationError, ConfigError) as error:
                 reason = (
                     Reason.UNKNOWN_PROCESSOR
@@ -225,14 +228,13 @@ class BatchRunner:
         results: list[ItemResult | None],
         budget: TimeBudget,
         run: BatchRun,
-        org_id: str,
         raise_on_conflict: bool,
         fifo: bool,
     ) -> None:
-        owner = run.run_id
+        owner = run.owner
         lease_s = compute_lease_seconds(budget.raw_remaining_s(), self.settings)
         try:
-            rows = self._claim(work, owner, lease_s, org_id, raise_on_conflict)
+            rows = self._claim(work, owner, lease_s, raise_on_conflict)
         except DatabaseUnavailableError as error:
             logger.warning(
                 "batch.claim_failed", extra={"run_id": owner, "error": str(error)}
@@ -253,14 +255,13 @@ class BatchRunner:
                 w.base_attempts = (row.claimed_attempts or 1) - 1
                 to_run.append(w)
 
-        self._execute(to_run, results, budget, run, org_id, fifo)
+        self._execute(to_run, results, budget, run, fifo)
 
     def _claim(
         self,
         work: list[_Work],
         owner: str,
         lease_s: float,
-        org_id: str,
         raise_on_conflict: bool,
     ) -> dict[str, ClaimRow]:
         requests = [
@@ -271,6 +272,7 @@ class BatchRunner:
                 payload_hash=w.hash,
                 data=w.item.data,
                 processor=w.processor.name,
+                org_id=w.item.org_id,
             )
             for w in work
         ]
@@ -281,7 +283,6 @@ class BatchRunner:
                         requests,
                         owner=owner,
                         lease_s=lease_s,
-                        org_id=org_id,
                         connection=connection,
                     )
                     if raise_on_conflict:
@@ -308,10 +309,9 @@ class BatchRunner:
         results: list[ItemResult | None],
         budget: TimeBudget,
         run: BatchRun,
-        org_id: str,
         fifo: bool,
     ) -> None:
-        owner = run.run_id
+        owner = run.owner
         bulk: list[Completion] = []
         bulk_work: list[_Work] = []
         failed_groups: set[str] = set()
@@ -336,10 +336,10 @@ class BatchRunner:
                         and w.processor.takeover_policy == "escalate"
                     )
                 ):
-                    result = self._escalate_item(w, org_id, run)
+                    result = self._escalate_item(w)
                 else:
                     started_at = budget.now()
-                    result = self._run_one(w, budget, run, org_id, estimate)
+                    result = self._run_one(w, budget, run, estimate)
                     elapsed = budget.now() - started_at
                     if result.attempts > w.base_attempts:
                         per_call = elapsed / max(1, result.attempts - w.base_attempts)
@@ -365,12 +365,11 @@ class BatchRunner:
         w: _Work,
         budget: TimeBudget,
         run: BatchRun,
-        org_id: str,
         estimate: float,
     ) -> ItemResult:
         if w.processor.side_effects:
             try:
-                still_owned = self.store.mark_started(w.key, owner=run.run_id)
+                still_owned = self.store.mark_started(w.key, owner=run.owner)
             except DatabaseUnavailableError as error:
                 return _retryable(
                     w.item, Reason.DATABASE_UNAVAILABLE, str(error), w.base_attempts
@@ -385,8 +384,8 @@ class BatchRunner:
                 data=w.item.data,
                 idempotency_key=w.key,
                 attempt=w.base_attempts + call_number,
-                org_id=org_id,
-                remaining_s=budget.remaining_s,
+                org_id=w.item.org_id,
+                remaining_s=lambda: budget.remaining_s() - self._reserve_s(),
                 run_id=run.run_id,
             )
 
@@ -416,7 +415,7 @@ class BatchRunner:
             retryable=outcome.retryable,
         )
 
-    def _escalate_item(self, w: _Work, org_id: str, run: BatchRun) -> ItemResult:
+    def _escalate_item(self, w: _Work) -> ItemResult:
         """Stop a side-effecting item whose previous worker died mid-call."""
         source = {
             "pattern": "batch",
@@ -437,7 +436,7 @@ class BatchRunner:
                     "lease expired: confirm whether the effect happened before "
                     "the item is retried"
                 ),
-                org_id=org_id,
+                org_id=w.item.org_id,
                 escalation_type="batch_takeover",
                 source=source,
             )
@@ -467,7 +466,7 @@ class BatchRunner:
         self, w: _Work, result: ItemResult, completion: Completion, run: BatchRun
     ) -> ItemResult:
         try:
-            owned = self.store.complete([completion], owner=run.run_id)
+            owned = self.store.complete([completion], owner=run.owner)
         except DatabaseUnavailableError as error:
             logger.warning(
                 "batch.record_failed", extra={"key": w.key, "error": str(error)}
@@ -505,11 +504,11 @@ class BatchRunner:
             reason = Reason.DATABASE_UNAVAILABLE if error_text else Reason.LEASE_LOST
             results[w.index] = _retryable(w.item, reason, error_text, previous.attempts)
 
-    def _finish(self, run: BatchRun, org_id: str) -> None:
-        counts_by_batch: dict[str, dict[str, int]] = {}
+    def _finish(self, run: BatchRun) -> None:
+        counts_by_batch: dict[tuple[str, str], dict[str, int]] = {}
         for result in run.results:
             counts = counts_by_batch.setdefault(
-                result.item.batch_id,
+                (result.item.org_id, result.item.batch_id),
                 {"total": 0, "completed": 0, "failed": 0, "handedBack": 0},
             )
             counts["total"] += 1
@@ -522,7 +521,7 @@ class BatchRunner:
 
         try:
             with self.database.transaction() as connection:
-                for batch_id, counts in counts_by_batch.items():
+                for (org_id, batch_id), counts in counts_by_batch.items():
                     write_audit(
                         connection,
                         pattern="batch",
@@ -580,7 +579,6 @@ def process_batch(
     return runner.run(
         batch_items,
         context=context,
-        org_id=org_id,
         raise_on_conflict=raise_on_conflict,
     )
 

@@ -36,8 +36,10 @@ WITH input AS (
     SELECT *
     FROM unnest(
         %(batch_ids)s::text[], %(item_ids)s::text[], %(keys)s::text[],
-        %(hashes)s::text[], %(data)s::jsonb[], %(processors)s::text[]
-    ) AS t(batch_id, item_id, idempotency_key, payload_hash, data, processor)
+        %(hashes)s::text[], %(data)s::jsonb[], %(processors)s::text[],
+        %(org_ids)s::text[]
+    ) AS t(batch_id, item_id, idempotency_key, payload_hash, data, processor,
+           org_id)
 ),
 claimed AS (
     INSERT INTO batch_item AS b (
@@ -45,7 +47,7 @@ claimed AS (
         org_id, status, attempts, lease_until, lease_owner, updated_at
     )
     SELECT batch_id, item_id, idempotency_key, payload_hash, data, processor,
-        %(org_id)s, 'in_progress', 1,
+        org_id, 'in_progress', 1,
         now() + make_interval(secs => %(lease_s)s), %(owner)s, now()
     FROM input
     ORDER BY idempotency_key
@@ -126,6 +128,7 @@ class ClaimRequest:
     payload_hash: str
     data: Any
     processor: str
+    org_id: str
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,6 @@ class BatchStore:
         *,
         owner: str,
         lease_s: float,
-        org_id: str,
         connection: psycopg.Connection[Any] | None = None,
     ) -> dict[str, ClaimRow]:
         """Claim every free key in one statement; return the state of each key."""
@@ -184,7 +186,7 @@ class BatchStore:
             "hashes": [r.payload_hash for r in requests],
             "data": [Jsonb(r.data) for r in requests],
             "processors": [r.processor for r in requests],
-            "org_id": org_id,
+            "org_ids": [r.org_id for r in requests],
             "lease_s": float(lease_s),
             "owner": owner,
         }

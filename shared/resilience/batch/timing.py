@@ -50,7 +50,7 @@ class TimeBudget:
                 seconds = float(millis) / 1000.0
             except (TypeError, ValueError):
                 return 0.0
-            return seconds if math.isfinite(seconds) else 0.0
+            return max(0.0, seconds) if math.isfinite(seconds) else 0.0
         return self._deadline - self._clock()
 
     def raw_remaining_s(self) -> float | None:

@@ -1,0 +1,416 @@
+"""The batch runner on real PostgreSQL: cache, leases, conflicts, time budget."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import stamina
+
+from resilience.batch import (
+    BatchItem,
+    BatchRunner,
+    BatchSettings,
+    ItemContext,
+    ItemStatus,
+    ProcessorRegistry,
+)
+from resilience.db import Database, DatabaseConfig
+from resilience.errors import IdempotencyConflictError
+from tests.batch_support import (
+    ClockProcessor,
+    CountingDatabase,
+    CountingDownstream,
+    FakeClock,
+    FakeLambdaContext,
+    KeyedHttpProcessor,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_retry_waits() -> Iterator[None]:
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
+
+
+class Killed(BaseException):
+    """Ends a run the way SIGKILL would: nothing after the raise is recorded."""
+
+
+class Recording:
+    """Counts calls per item; raises Killed for the items named in ``kill``."""
+
+    side_effects = False
+    takeover_policy = "retry"
+    expected_duration_s = 0.0
+
+    def __init__(self, name: str = "recording", kill: set[str] | None = None) -> None:
+        self.name = name
+        self.kill = kill or set()
+        self.calls: dict[str, int] = {}
+
+    def process(self, context: ItemContext) -> Any:
+        self.calls[context.item_id] = self.calls.get(context.item_id, 0) + 1
+        if context.item_id in self.kill:
+            raise Killed
+        return {"done": context.item_id, "attempt": context.attempt}
+
+
+def make_runner(database: Database, *processors: Any, **settings: Any) -> BatchRunner:
+    registry = ProcessorRegistry()
+    for processor in processors:
+        registry.register(processor)
+    return BatchRunner(database, settings=BatchSettings(**settings), registry=registry)
+
+
+def items(batch_id: str, *ids: Any, processor: str = "recording", data: Any = None):
+    return [
+        BatchItem(batch_id, item_id, data if data is not None else {"n": i}, processor)
+        for i, item_id in enumerate(ids)
+    ]
+
+
+def row(database: Database, key: str) -> dict[str, Any]:
+    with database.transaction() as conn:
+        found = conn.execute(
+            "SELECT *, extract(epoch FROM lease_until - now()) AS lease_left_s "
+            "FROM batch_item WHERE idempotency_key = %s",
+            (key,),
+        ).fetchone()
+    assert found is not None, key
+    return found
+
+
+def shift_time(database: Database, seconds: float) -> None:
+    """Move every lease back, as if ``seconds`` had passed."""
+    with database.transaction() as conn:
+        conn.execute(
+            "UPDATE batch_item SET lease_until = lease_until - make_interval(secs => %s)",
+            (seconds,),
+        )
+
+
+def test_completed_item_served_from_cache(database: Database) -> None:
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    first = runner.run(items("b0", "i1", "i2"))
+    second = runner.run(items("b0", "i1", "i2"))
+
+    assert [r.status for r in first.results] == [ItemStatus.COMPLETED] * 2
+    assert [r.cached for r in second.results] == [True, True]
+    assert second.results[0].output == {"done": "i1", "attempt": 1}
+    assert processor.calls == {"i1": 1, "i2": 1}
+
+
+def test_killed_item_taken_over_after_lease(database: Database) -> None:
+    """C1: killed after the claim; a redelivery after the lease completes it."""
+    # GIVEN a 3 s Lambda killed while running i1 of b1
+    killer = Recording(kill={"i1"})
+    with pytest.raises(Killed):
+        make_runner(database, killer).run(
+            items("b1", "i1"), context=FakeLambdaContext(remaining_ms=3000)
+        )
+    stored = row(database, "batch:b1:item:i1")
+    assert stored["status"] == "in_progress"
+    assert stored["attempts"] == 1
+    assert stored["lease_left_s"] < 31
+
+    # WHEN the message comes back before the lease ends
+    processor = Recording()
+    runner = make_runner(database, processor)
+    early = runner.run(items("b1", "i1"), context=FakeLambdaContext(remaining_ms=3000))
+
+    # THEN it is handed back without running
+    assert early.results[0].status is ItemStatus.IN_PROGRESS
+    assert early.results[0].handed_back is True
+    assert processor.calls == {}
+
+    # WHEN it comes back 31 s later (visibility timeout 30 s)
+    shift_time(database, 31)
+    late = runner.run(items("b1", "i1"), context=FakeLambdaContext(remaining_ms=3000))
+
+    # THEN it is reclaimed and completes on its second attempt
+    assert late.results[0].status is ItemStatus.COMPLETED
+    assert late.results[0].attempts == 2
+    assert row(database, "batch:b1:item:i1")["attempts"] == 2
+    assert processor.calls == {"i1": 1}
+
+
+@pytest.mark.parametrize("raw", [0, None, -250])
+def test_no_time_left_refuses_then_reclaims(database: Database, raw: object) -> None:
+    """C2: with no time left nothing starts; a later delivery with time runs it."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    refused = runner.run(items("b2", "i1"), context=FakeLambdaContext(raw=raw))
+    later = runner.run(items("b2", "i1"), context=FakeLambdaContext(remaining_ms=5000))
+
+    assert refused.results[0].status is ItemStatus.NOT_STARTED
+    assert refused.results[0].handed_back is True
+    assert later.results[0].status is ItemStatus.COMPLETED
+    assert later.results[0].attempts == 1
+    assert processor.calls == {"i1": 1}
+
+
+def test_claim_with_zero_time_has_finite_lease(database: Database) -> None:
+    """C2: a claim made with 0 s left holds a short lease that expires."""
+    killer = Recording(kill={"i1"})
+    runner = make_runner(database, killer, time_reserve_ms=0)
+
+    with pytest.raises(Killed):
+        runner.run(items("b3", "i1"), context=FakeLambdaContext(raw=0))
+
+    stored = row(database, "batch:b3:item:i1")
+    assert 0 < stored["lease_left_s"] <= 10.5
+    shift_time(database, 11)
+    processor = Recording()
+    again = make_runner(database, processor).run(items("b3", "i1"))
+    assert again.results[0].status is ItemStatus.COMPLETED
+    assert again.results[0].attempts == 2
+
+
+def test_missing_ids_rejected_one_by_one(database: Database) -> None:
+    """C3: null, absent and empty ids fail alone and share nothing."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+    batch = [
+        BatchItem("b4", None, {"v": 1}, "recording"),
+        BatchItem("b4", item_id=None, data={"v": 2}, processor="recording"),
+        BatchItem("b4", "", {"v": 3}, "recording"),
+        BatchItem("b4", "ok", {"v": 4}, "recording"),
+    ]
+
+    run = runner.run(batch)
+    rerun = runner.run(batch)
+
+    for result in run.results[:3] + rerun.results[:3]:
+        assert result.status is ItemStatus.FAILED
+        assert result.reason == "missing item id"
+        assert result.retryable is False
+        assert result.cached is False
+        assert result.output is None
+    assert run.results[3].status is ItemStatus.COMPLETED
+    assert processor.calls == {"ok": 1}
+    with database.transaction() as conn:
+        keys = conn.execute("SELECT idempotency_key FROM batch_item").fetchall()
+    assert [k["idempotency_key"] for k in keys] == ["batch:b4:item:ok"]
+
+
+def test_changed_payload_is_conflict(database: Database) -> None:
+    """C4: same ids with new data: conflict, nothing re-run, old output hidden."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+    runner.run(items("b5", "i1", data={"prompt": "summarise A", "budget_usd": 1}))
+
+    changed = runner.run(items("b5", "i1", data={"budget_usd": 5}))
+
+    result = changed.results[0]
+    assert result.status is ItemStatus.FAILED
+    assert result.reason == "payload_mismatch"
+    assert result.retryable is False
+    assert result.output is None
+    assert result.ok is False
+    assert processor.calls == {"i1": 1}
+    stored = row(database, "batch:b5:item:i1")
+    assert stored["status"] == "completed"
+    assert stored["data"] == {"prompt": "summarise A", "budget_usd": 1}
+
+
+def test_conflict_raises_and_claims_nothing(database: Database) -> None:
+    """C4 over HTTP: the whole request is rejected before anything runs."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+    runner.run(items("b5", "i1", data={"budget_usd": 1}))
+
+    with pytest.raises(IdempotencyConflictError, match="batch:b5:item:i1"):
+        runner.run(
+            [
+                BatchItem("b5", "new", {"x": 1}, "recording"),
+                BatchItem("b5", "i1", {"budget_usd": 5}, "recording"),
+            ],
+            raise_on_conflict=True,
+        )
+
+    assert processor.calls == {"i1": 1}
+    with database.transaction() as conn:
+        count = conn.execute(
+            "SELECT count(*) AS n FROM batch_item WHERE item_id = 'new'"
+        ).fetchone()
+    assert count is not None
+    assert count["n"] == 0
+
+
+def test_other_org_same_ids_is_conflict(database: Database) -> None:
+    runner = make_runner(database, Recording())
+    runner.run([BatchItem("b6", "i1", {"a": 1}, "recording", org_id="acme")])
+
+    other = runner.run([BatchItem("b6", "i1", {"a": 1}, "recording", org_id="evil")])
+
+    assert other.results[0].reason == "payload_mismatch"
+    assert other.results[0].output is None
+
+
+def test_duplicate_in_flight_runs_once(database: Database) -> None:
+    """C5: the same item in two concurrent runs executes once."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking(Recording):
+        def process(self, context: ItemContext) -> Any:
+            entered.set()
+            assert release.wait(10)
+            return super().process(context)
+
+    blocking = Blocking()
+    first_results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: first_results.append(
+            make_runner(
+                Database(DatabaseConfig(url=database.config.url)), blocking
+            ).run(items("b7", "i1"))
+        )
+    )
+    worker.start()
+    assert entered.wait(10)
+
+    duplicate = make_runner(database, blocking).run(items("b7", "i1"))
+    release.set()
+    worker.join(10)
+    redelivered = make_runner(database, blocking).run(items("b7", "i1"))
+
+    assert duplicate.results[0].status is ItemStatus.IN_PROGRESS
+    assert duplicate.results[0].handed_back is True
+    assert first_results[0].results[0].status is ItemStatus.COMPLETED
+    assert redelivered.results[0].cached is True
+    assert redelivered.results[0].output == {"done": "i1", "attempt": 1}
+    assert blocking.calls == {"i1": 1}
+
+
+def test_items_that_cannot_finish_not_started(database: Database) -> None:
+    """C8: 10 items of 2 s with 15 s: the rest is handed back before the timeout."""
+    clock = FakeClock()
+    processor = ClockProcessor(clock, 2.0)
+    runner = make_runner(database, processor)
+    batch = items("b8", *[f"i{n}" for n in range(10)], processor="clock")
+
+    run = runner.run(batch, context=FakeLambdaContext(15_000, clock))
+
+    statuses = [r.status for r in run.results]
+    assert statuses == [ItemStatus.COMPLETED] * 7 + [ItemStatus.NOT_STARTED] * 3
+    assert clock.now - 1000.0 <= 15.0 - 1.0
+    assert all(processor.calls[f"i{n}"] == 1 for n in range(7))
+    assert all(f"i{n}" not in processor.calls for n in range(7, 10))
+
+    redelivered = runner.run(batch, context=FakeLambdaContext(15_000, clock))
+
+    assert [r.cached for r in redelivered.results[:7]] == [True] * 7
+    assert all(r.ok for r in redelivered.results)
+    assert all(processor.calls[f"i{n}"] == 1 for n in range(10))
+    assert [r.attempts for r in redelivered.results] == [1] * 10
+
+
+def test_statements_do_not_grow_with_batch_size(database: Database) -> None:
+    counts = []
+    for size in (10, 1000):
+        counting = CountingDatabase(DatabaseConfig(url=database.config.url))
+        runner = make_runner(counting, Recording())
+        runner.run(items(f"size{size}", *[f"i{n}" for n in range(size)]))
+        counts.append(counting.statements)
+        counting.close()
+
+    assert counts[0] == counts[1]
+    assert counts[0] <= 8
+
+
+def test_side_effects_recorded_as_they_happen(database: Database) -> None:
+    downstream = CountingDownstream().start()
+    try:
+        counting = CountingDatabase(DatabaseConfig(url=database.config.url))
+        runner = make_runner(counting, KeyedHttpProcessor(downstream.url))
+        run = runner.run(items("side", "i1", "i2", "i3", processor="keyed"))
+        counting.close()
+    finally:
+        downstream.stop()
+
+    assert all(r.ok for r in run.results)
+    # claim + (started, completed) per item + audit, each with its SET LOCAL
+    assert counting.statements == 2 + 3 * 4 + 2
+    assert downstream.effects == {f"batch:side:item:i{n}": 1 for n in (1, 2, 3)}
+
+
+def test_escalate_policy_after_takeover(database: Database) -> None:
+    """A side-effecting item whose worker died mid-call goes to a person."""
+    downstream = CountingDownstream().start()
+    escalations: list[dict[str, Any]] = []
+
+    class Started:
+        id = "esc-1"
+        approval_url = "http://127.0.0.1/approvals/esc-1"
+
+    def escalate(**kwargs: Any) -> Started:
+        escalations.append(kwargs)
+        return Started()
+
+    class DiesAfterCall(KeyedHttpProcessor):
+        def process(self, context: ItemContext) -> Any:
+            super().process(context)
+            raise Killed
+
+    try:
+        with pytest.raises(Killed):
+            make_runner(
+                database, DiesAfterCall(downstream.url, takeover_policy="escalate")
+            ).run(items("b9", "i1", processor="keyed"))
+        shift_time(database, 600)
+        registry = ProcessorRegistry()
+        registry.register(
+            KeyedHttpProcessor(downstream.url, takeover_policy="escalate")
+        )
+        runner = BatchRunner(
+            database, settings=BatchSettings(), registry=registry, escalate=escalate
+        )
+        run = runner.run(items("b9", "i1", processor="keyed"))
+    finally:
+        downstream.stop()
+
+    result = run.results[0]
+    assert result.status is ItemStatus.FAILED
+    assert result.reason == "escalated"
+    assert result.output == {
+        "escalationId": "esc-1",
+        "approvalUrl": "http://127.0.0.1/approvals/esc-1",
+    }
+    assert downstream.calls["batch:b9:item:i1"] == 1
+    assert escalations[0]["source"] == {
+        "pattern": "batch",
+        "batchId": "b9",
+        "itemId": "i1",
+        "idempotencyKey": "batch:b9:item:i1",
+    }
+
+
+def test_audit_row_with_counts(database: Database) -> None:
+    runner = make_runner(database, Recording())
+
+    run = runner.run(
+        [
+            BatchItem("b10", "i1", {}, "recording"),
+            BatchItem("b10", "", {}, "recording"),
+        ]
+    )
+
+    with database.transaction() as conn:
+        audit = conn.execute(
+            "SELECT * FROM audit_log WHERE pattern = 'batch' AND task_id = 'b10'"
+        ).fetchall()
+    assert len(audit) == 1
+    assert audit[0]["action"] == "batch.run_completed"
+    assert audit[0]["run_id"] == run.run_id
+    assert audit[0]["metadata"] == {
+        "total": 2,
+        "completed": 1,
+        "failed": 1,
+        "handedBack": 0,
+    }
