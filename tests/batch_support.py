@@ -116,7 +116,7 @@ class CountingDownstream:
         downstream = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 key = self.headers.get("Idempotency-Key") or ""

@@ -87,7 +87,8 @@ def shift_time(database: Database, seconds: float) -> None:
     """Move every lease back, as if ``seconds`` had passed."""
     with database.transaction() as conn:
         conn.execute(
-            "UPDATE batch_item SET lease_until = lease_until - make_interval(secs => %s)",
+            "UPDATE batch_item "
+            "SET lease_until = lease_until - make_interval(secs => %s)",
             (seconds,),
         )
 
