@@ -255,10 +255,9 @@ class CircuitBreaker:
 
     def _permit_from_seen(self, now_ms: int) -> Permit | None:
         seen = self._seen
-        if (
-            seen is None
-            or time.monotonic() - seen.seen_at > self.config.state_cache_ttl
-        ):
+        if self._outage or seen is None:
+            return None
+        if time.monotonic() - seen.seen_at > self.config.state_cache_ttl:
             return None
         if seen.state == "closed":
             return Permit(self, generation=seen.generation)

@@ -1,0 +1,172 @@
+"""B6: the store goes away; calls go on under the policy; state resumes after."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from local.embedded import EmbeddedRedis, free_port
+from resilience.breaker import (
+    BreakerConfig,
+    BreakerState,
+    CircuitBreaker,
+    StoreFailurePolicy,
+    clear_breakers,
+    get_breaker,
+)
+from resilience.errors import BreakerOpenError, RedisUnavailableError
+from resilience.kvstore import RedisStore, UpstashStore, reset_store_cache
+from tests.upstash_bridge import UpstashBridge
+
+TIMEOUT_MS = 200
+# A decision waits for at most one store timeout; the rest is slack for a
+# loaded test machine, not a performance target.
+DECISION_BOUND_S = 1.0
+
+CONFIG = BreakerConfig(
+    failure_threshold=3, failure_rate_threshold=0, store_retry_interval=0
+)
+
+
+def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "breaker.store_unavailable"]
+
+
+def timed_call(breaker: CircuitBreaker, ok: bool = True) -> float:
+    started = time.monotonic()
+    permit = breaker.acquire()
+    if ok:
+        permit.success()
+    else:
+        permit.failure()
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def redis_server() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_redis_stopped_mid_run(
+    redis_server: EmbeddedRedis,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = RedisStore.from_url(redis_server.url, timeout_ms=TIMEOUT_MS)
+    breaker = CircuitBreaker("redis-down", CONFIG, store=store)
+    timed_call(breaker)
+    caplog.set_level(logging.WARNING, logger="resilience.breaker")
+
+    redis_server.stop()  # WHEN Redis dies mid-run
+    durations = [timed_call(breaker) for _ in range(5)]
+
+    assert max(durations) < DECISION_BOUND_S
+    assert len(outage_warnings(caplog)) == 1
+    assert "BreakerStoreUnavailable" in capsys.readouterr().out
+
+    # The in-memory breaker still cuts off a failing service.
+    for _ in range(3):
+        timed_call(breaker, ok=False)
+    with pytest.raises(BreakerOpenError):
+        breaker.acquire()
+
+    redis_server.start()  # THEN Redis returns and the shared state is used again
+    other = CircuitBreaker("redis-down", CONFIG, store=store)
+    for _ in range(3):
+        timed_call(other, ok=False)
+    snapshot = breaker.snapshot()
+    assert snapshot.state is BreakerState.OPEN
+    assert snapshot.failure_count == 3
+    assert len(outage_warnings(caplog)) == 1
+
+
+def test_fail_closed_rejects_while_store_away() -> None:
+    store = RedisStore.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", timeout_ms=TIMEOUT_MS
+    )
+    config = BreakerConfig(store_failure_policy=StoreFailurePolicy.FAIL_CLOSED)
+    breaker = CircuitBreaker("closed-policy", config, store=store)
+
+    with pytest.raises(BreakerOpenError) as caught:
+        breaker.acquire()
+
+    assert caught.value.state == "store_unavailable"
+    assert caught.value.retry_after == config.store_retry_interval
+
+
+def test_policy_from_env_string() -> None:
+    config = BreakerConfig.from_env(store_failure_policy="fail-closed")
+    assert config.store_failure_policy is StoreFailurePolicy.FAIL_CLOSED
+
+
+def test_construction_succeeds_without_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("REDIS_SECRET", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    reset_store_cache()
+    clear_breakers()
+
+    breaker = get_breaker("unconfigured")
+    breaker.acquire().success()
+
+    with pytest.raises(RedisUnavailableError, match="unconfigured"):
+        breaker.snapshot()
+    clear_breakers()
+
+
+def test_dead_redis_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    reset_store_cache()
+    clear_breakers()
+    try:
+        breaker = get_breaker("dead-url")
+        duration = timed_call(breaker)
+    finally:
+        reset_store_cache()
+        clear_breakers()
+    assert duration < DECISION_BOUND_S
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["error", "html_error", "hang"])
+def test_upstash_outage_then_resume(
+    redis_url: str,
+    redis_key_prefix: str,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = UpstashBridge(redis_url).start()
+    store = UpstashStore.from_settings(
+        bridge.url, bridge.token, prefix=redis_key_prefix, timeout_ms=TIMEOUT_MS
+    )
+    breaker = CircuitBreaker("upstash-down", CONFIG, store=store)
+    try:
+        for _ in range(3):
+            timed_call(breaker, ok=False)
+        assert breaker.snapshot().state is BreakerState.OPEN
+        caplog.set_level(logging.WARNING, logger="resilience.breaker")
+
+        bridge.set_mode(mode)  # WHEN Upstash answers 500 or never answers
+        fresh = CircuitBreaker("upstash-down", CONFIG, store=store)
+        durations = [timed_call(fresh) for _ in range(3)]
+
+        bridge.set_mode("ok")  # THEN the stored state (open) applies again
+        with pytest.raises(BreakerOpenError):
+            fresh.acquire()
+    finally:
+        bridge.stop()
+
+    assert max(durations) < DECISION_BOUND_S
+    assert len(outage_warnings(caplog)) == 1
