@@ -8,8 +8,11 @@ real SDKs, PostgreSQL and Redis of the chain at the test servers, and
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -24,10 +27,12 @@ from resilience.llm import ChainConfig, LLMChain, reset_default_chain
 __all__ = [
     "FakeLambdaContext",
     "LLMControl",
+    "SlackRecorder",
     "llm",
     "llm_env",
     "llm_server",
     "make_chain",
+    "slack",
     "usage_rows",
 ]
 
@@ -66,6 +71,48 @@ class LLMControl:
     def requests(self, provider: str | None = None) -> list[dict[str, Any]]:
         calls = httpx.get(f"{self.base_url}/_control/requests").json()["requests"]
         return [c for c in calls if provider is None or c["provider"] == provider]
+
+
+class SlackRecorder:
+    """A Slack incoming-webhook stand-in that keeps every posted JSON body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                recorder.bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/test"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def texts(self) -> list[str]:
+        return [json.dumps(body) for body in self.bodies]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slack(
+    llm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SlackRecorder]:
+    """Alerts go to a local recorder (set after ``llm_env`` cleared the settings)."""
+    recorder = SlackRecorder()
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", recorder.url)
+    yield recorder
+    recorder.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from resilience.api import validate_org_id
 from resilience.errors import ValidationError
 
 __all__ = [
@@ -106,7 +107,8 @@ class CompletionRequest:
                 f"temperature must be between 0 and 2, got {self.temperature}",
                 field="temperature",
             )
-        return replace(self, messages=messages)
+        org_id = validate_org_id(self.org_id, field="orgId")
+        return replace(self, messages=messages, prompt=None, org_id=org_id)
 
     def normalized_messages(self) -> list[dict[str, Any]]:
         if self.messages is None:
