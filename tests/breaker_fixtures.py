@@ -132,6 +132,7 @@ class Downstream:
 
     def __init__(self) -> None:
         self.status = 200
+        self.status_by_path: dict[str, int] = {}
         self.delay_s = 0.0
         self.headers: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
@@ -158,7 +159,9 @@ class Downstream:
                     time.sleep(downstream.delay_s)
                 payload = json.dumps({"path": self.path, "method": self.command})
                 data = payload.encode()
-                self.send_response(downstream.status)
+                route = self.path.split("?", 1)[0]
+                status = downstream.status_by_path.get(route, downstream.status)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in downstream.headers.items():
@@ -170,7 +173,9 @@ class Downstream:
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), daemon=True
+        ).start()
 
     @property
     def url(self) -> str:
