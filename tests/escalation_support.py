@@ -183,8 +183,8 @@ def start_moto() -> tuple[Any, str]:
     return server, endpoint
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def moto_session() -> Iterator[str]:
+    """Run a moto server for a fixture: AWS test credentials and MOTO_PORT set."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in AWS_ENV.items():
             patch.setenv(key, value)

@@ -1,33 +1,61 @@
-"""Escalations end to end on moto's Step Functions and a real PostgreSQL."""
+"""Escalations end to end on moto's Step Functions and a real PostgreSQL.
+
+Each test starts escalations through the HTTP handler, feeds the notify and
+resume queues to their handlers as Lambda would, and decides through the
+approval form, the JSON API or the cancel route.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
+from local.standins import SlackStandIn
 from resilience.db import Database
 from resilience.escalation.crypto import encryptor_from_env
-from resilience.escalation.service import reset_service
+from resilience.escalation.service import get_service, reset_service
 from tests.escalation_support import (
     RESUMED,
     Harness,
+    LambdaContextStandIn,
     create_stack,
     escalation_env,
-    moto_endpoint,  # noqa: F401
+    http_event,
+    moto_session,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    yield from moto_session()
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackStandIn]:
+    stand_in = SlackStandIn().start()
+    yield stand_in  # type: ignore[misc]
+    stand_in.stop()
+
+
 @pytest.fixture
 def harness(
-    app_env: dict[str, str], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    app_env: dict[str, str],
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    slack: SlackStandIn,
 ) -> Iterator[Harness]:
     stack = create_stack(moto_endpoint)
     for key, value in escalation_env(stack).items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SLACK_API_URL", f"{slack.url}/api")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+    monkeypatch.setenv("SLACK_CHANNEL", "#escalations")
     reset_service()
     encryptor_from_env.cache_clear()
     RESUMED.clear()
@@ -35,16 +63,41 @@ def harness(
     reset_service()
 
 
-def test_approve_resumes_with_edited_data(harness: Harness, database: Database) -> None:
-    started = harness.start(
-        {
-            "data": {"refund": 120},
-            "reason": "refund above limit",
-            "source": {"pattern": "test", "itemId": "i1"},
-        }
-    )
+def count_task_calls() -> list[str]:
+    """Record every SendTaskSuccess/SendTaskFailure the service's client makes."""
+    calls: list[str] = []
+    events = get_service().stepfunctions.meta.events
+    for operation in ("SendTaskSuccess", "SendTaskFailure"):
+        events.register(
+            f"before-call.sfn.{operation}",
+            lambda model, **_: calls.append(model.name),
+        )
+    return calls
+
+
+def audit_actions(database: Database, escalation_id: str) -> list[str]:
+    with database.transaction() as connection:
+        rows = connection.execute(
+            "SELECT action FROM audit_log WHERE task_id = %s ORDER BY id",
+            (escalation_id,),
+        ).fetchall()
+    return [row["action"] for row in rows]
+
+
+def slack_calls(slack: SlackStandIn, method: str) -> list[dict[str, Any]]:
+    return [entry for entry in slack.recorded if entry["path"] == f"/api/{method}"]
+
+
+def start_and_notify(harness: Harness, **fields: Any) -> dict[str, Any]:
+    body = {"data": {"refund": 120}, "reason": "refund above limit", **fields}
+    started = harness.start(body)
+    assert len(harness.pump_notify()) == 1
+    return started
+
+
+def test_approve_resumes_with_edited_data(harness: Harness) -> None:
+    started = start_and_notify(harness, source={"pattern": "test", "itemId": "i1"})
     assert started["status"] == "pending"
-    harness.pump_notify()
 
     answer = harness.submit_form(
         started["approvalUrl"], {"decision": "approve", "data": '{"refund": 100}'}
@@ -52,6 +105,319 @@ def test_approve_resumes_with_edited_data(harness: Harness, database: Database) 
 
     assert answer["statusCode"] == 200, answer["body"]
     assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
-    harness.pump_resume()
+    assert len(harness.pump_resume()) == 1
+    assert [r.outcome for r in RESUMED] == ["approved"]
     assert [r.data for r in RESUMED] == [{"refund": 100}]
-    assert harness.status(started["id"])["status"] == "approved"
+    status = harness.status(started["id"])
+    assert status["status"] == "approved"
+    assert status["decision"]["decidedBy"] == "anyone"
+    assert status["decision"]["channel"] == "link"
+    assert status["decision"]["delivery"] == "delivered"
+
+
+def test_reject_with_reason_ends_rejected(harness: Harness) -> None:
+    started = start_and_notify(harness, source={"pattern": "test"})
+
+    answer = harness.submit_form(
+        started["approvalUrl"], {"decision": "reject", "reason": "not allowed"}
+    )
+
+    assert answer["statusCode"] == 200, answer["body"]
+    assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
+    harness.pump_resume()
+    assert [r.outcome for r in RESUMED] == ["rejected"]
+    assert RESUMED[0].data is None
+    status = harness.status(started["id"])
+    assert status["status"] == "rejected"
+    assert status["decision"]["reason"] == "not allowed"
+
+
+def test_cancel_by_requester(harness: Harness) -> None:
+    started = start_and_notify(harness, requestedBy="agent-7")
+
+    answer = harness.call(
+        http_event(
+            "POST",
+            f"https://approvals.test/escalations/{started['id']}/cancel",
+            body=json.dumps({"reason": "no longer needed", "requestedBy": "agent-7"}),
+            headers={"content-type": "application/json"},
+        )
+    )
+
+    assert answer["statusCode"] == 200, answer["body"]
+    assert json.loads(answer["body"])["status"] == "cancelled"
+    assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
+    harness.pump_resume()
+    assert harness.status(started["id"])["status"] == "cancelled"
+
+
+def test_cancel_by_someone_else_is_forbidden(harness: Harness) -> None:
+    started = start_and_notify(harness, requestedBy="agent-7")
+
+    answer = harness.call(
+        http_event(
+            "POST",
+            f"https://approvals.test/escalations/{started['id']}/cancel",
+            body=json.dumps({"requestedBy": "agent-8"}),
+            headers={"content-type": "application/json"},
+        )
+    )
+
+    assert answer["statusCode"] == 403
+    assert harness.status(started["id"])["status"] == "pending"
+
+
+def test_expiry_is_expired_not_rejected(
+    harness: Harness, slack: SlackStandIn, database: Database
+) -> None:
+    """E6: a 2 s timeout with no answer ends expired, resolved by the system."""
+    started = start_and_notify(harness, timeoutSeconds=2, source={"pattern": "test"})
+    assert len(slack_calls(slack, "chat.postMessage")) == 1
+
+    assert harness.stack.execution_status(started["id"], wait_s=15) == "SUCCEEDED"
+    assert len(harness.pump_resume()) == 1
+
+    status = harness.status(started["id"])
+    assert status["status"] == "expired"
+    assert status["decision"]["decidedBy"] == "system"
+    assert [r.outcome for r in RESUMED] == ["expired"]
+    updates = slack_calls(slack, "chat.update")
+    assert len(updates) == 1
+    assert "expired" in updates[0]["body"]["text"]
+    assert "actions" not in json.dumps(updates[0]["body"]["blocks"])
+    assert harness.open_link(started["approvalUrl"])["statusCode"] == 410
+    assert "escalation.expired" in audit_actions(database, started["id"])
+
+
+def test_scanner_prefetch_changes_nothing(harness: Harness, database: Database) -> None:
+    """E1: HEAD, then GET with extra query and a headless agent, then a click."""
+    started = start_and_notify(harness)
+    url = started["approvalUrl"]
+    scanner = {"user-agent": "Mozilla/5.0 HeadlessChrome/120.0 Slackbot-LinkExpanding"}
+
+    head = harness.open_link(url, method="HEAD", headers=scanner)
+    get = harness.open_link(url + "&utm_source=mail&decision=approve", headers=scanner)
+
+    assert head["statusCode"] == 200
+    assert head["body"] == ""
+    assert get["statusCode"] == 200
+    assert harness.status(started["id"])["status"] == "pending"
+    assert "escalation.decided" not in audit_actions(database, started["id"])
+
+    answer = harness.submit_form(url, {"decision": "approve"})
+    assert answer["statusCode"] == 200
+    assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
+
+
+def test_preview_metadata_has_no_sensitive_data(harness: Harness) -> None:
+    started = start_and_notify(harness, data={"iban": "DE89370400440532013000"})
+
+    page = harness.open_link(started["approvalUrl"])
+
+    head = page["body"].split("</head>")[0]
+    assert "DE89370400440532013000" not in head
+    assert "refund above limit" not in head
+    assert '<meta name="robots" content="noindex, nofollow">' in head
+    assert page["headers"]["X-Robots-Tag"] == "noindex, nofollow"
+    assert "<script" not in page["body"]
+    assert "DE89370400440532013000" in page["body"]
+
+
+def test_used_link_refused_before_step_functions(harness: Harness) -> None:
+    """E5: approve, then a stale reject: refused by the database, no call."""
+    started = start_and_notify(harness)
+    url = started["approvalUrl"]
+    opened = harness.open_link(url)
+    assert harness.submit_form(url, {"decision": "approve"})["statusCode"] == 200
+    calls = count_task_calls()
+
+    stale = harness.submit_form(
+        url, {"decision": "reject", "reason": "stale message"}, opened=opened
+    )
+
+    assert stale["statusCode"] == 409
+    assert "is already approved (by anyone at" in stale["body"]
+    assert calls == []
+
+
+def test_token_gone_shows_resolved_page(harness: Harness, database: Database) -> None:
+    """E5: Step Functions reports the token gone: a clear page, no 500."""
+    started = start_and_notify(harness)
+    service = get_service()
+    with database.transaction() as connection:
+        row = connection.execute(
+            "SELECT task_token FROM escalation_token WHERE task_run_id = %s",
+            (started["id"],),
+        ).fetchone()
+    token = service.encryptor.decrypt(
+        bytes(row["task_token"]), escalation_id=started["id"], purpose="task_token"
+    )
+    # The workflow ends without this service's knowledge (an operator, or a
+    # timeout whose outcome has not reached the database yet).
+    harness.stack.sfn.send_task_failure(
+        taskToken=token.decode(), error="Escalation.Cancelled", cause="operator"
+    )
+    assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
+
+    answer = harness.post_json(started["approvalUrl"], {"decision": "approve"})
+
+    assert answer["statusCode"] == 410
+    body = json.loads(answer["body"])
+    assert body["delivery"] == "gone"
+    assert "Traceback" not in answer["body"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"decision_": "approve"}, {"decision": "approved"}, {}, {"decision": None}],
+)
+def test_bad_decision_body_changes_nothing(
+    harness: Harness, database: Database, body: dict[str, Any]
+) -> None:
+    """E7: 422, still pending, no outbox row, the execution still waits."""
+    started = start_and_notify(harness)
+
+    answer = harness.post_json(started["approvalUrl"], body)
+
+    assert answer["statusCode"] == 422, answer["body"]
+    assert harness.status(started["id"])["status"] == "pending"
+    with database.transaction() as connection:
+        outbox = connection.execute("SELECT count(*) AS n FROM escalation_outbox")
+        assert outbox.fetchone()["n"] == 0
+    assert harness.stack.execution_status(started["id"], wait_s=0) == "RUNNING"
+
+
+def test_invalid_edited_data_is_422(harness: Harness) -> None:
+    started = start_and_notify(harness)
+
+    answer = harness.submit_form(
+        started["approvalUrl"], {"decision": "approve", "data": "{not json"}
+    )
+
+    assert answer["statusCode"] == 422
+    assert "data is not valid JSON" in answer["body"]
+    assert harness.status(started["id"])["status"] == "pending"
+
+
+def test_state_machine_never_approves_missing_decision(harness: Harness) -> None:
+    """E7: task output without an approve decision fails the execution."""
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    message = harness.stack.receive(harness.stack.notify_url)[0]
+    token = json.loads(message["Body"])["taskToken"]
+
+    harness.stack.sfn.send_task_success(
+        taskToken=token, output=json.dumps({"decision_": "approve", "data": {}})
+    )
+
+    assert harness.stack.execution_status(started["id"]) == "FAILED"
+    assert harness.stack.receive(harness.stack.resume_url, wait_s=1) == []
+
+
+def test_click_before_notify_is_delivered_after(harness: Harness) -> None:
+    """E9: the row exists at once; a decision before the token waits for it."""
+    started = harness.start({"data": {"a": 1}, "reason": "quick"})
+    assert harness.status(started["id"])["status"] == "pending"
+
+    early = harness.post_json(started["approvalUrl"], {"decision": "approve"})
+    assert early["statusCode"] == 202
+    assert json.loads(early["body"])["delivery"] == "pending"
+
+    harness.pump_notify()
+    assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
+    assert harness.status(started["id"])["decision"]["delivery"] == "delivered"
+
+
+def test_redelivered_notify_posts_once(
+    harness: Harness, slack: SlackStandIn, database: Database
+) -> None:
+    """E11: the same notify message twice: one Slack post, one token row."""
+    started = harness.start({"data": {"a": 1}, "reason": "twice"})
+    message = harness.stack.receive(harness.stack.notify_url)[0]
+    for _ in range(2):
+        harness.stack.sqs.send_message(
+            QueueUrl=harness.stack.notify_url, MessageBody=message["Body"]
+        )
+
+    assert len(harness.pump_notify()) == 2
+    assert harness.pump_notify(wait_s=0) == []
+
+    assert len(slack_calls(slack, "chat.postMessage")) == 1
+    with database.transaction() as connection:
+        rows = connection.execute(
+            "SELECT token FROM escalation_token WHERE task_run_id = %s",
+            (started["id"],),
+        ).fetchall()
+    assert len(rows) == 1
+    assert rows[0]["token"] is not None
+
+
+def test_secrets_are_not_stored_in_clear(harness: Harness, database: Database) -> None:
+    started = start_and_notify(harness, data={"ssn": "078-05-1120"})
+    signature = started["approvalUrl"].rsplit("signature=", 1)[1]
+
+    with database.transaction() as connection:
+        dump = json.dumps(
+            [
+                connection.execute("SELECT * FROM escalation_token").fetchall(),
+                connection.execute("SELECT * FROM escalation_link").fetchall(),
+            ],
+            default=_as_text,
+        )
+    assert "078-05-1120" not in dump
+    assert b"078-05-1120".hex() not in dump
+    assert signature not in dump
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def test_reminder_after_two_hours(
+    harness: Harness,
+    slack: SlackStandIn,
+    database: Database,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started = start_and_notify(harness)
+    with database.transaction() as connection:
+        connection.execute(
+            "UPDATE escalation_token SET created_at = now() - interval '3 hours' "
+            "WHERE task_run_id = %s",
+            (started["id"],),
+        )
+
+    first = harness.reminder.lambda_handler({}, LambdaContextStandIn())
+    second = harness.reminder.lambda_handler({}, LambdaContextStandIn())
+
+    assert first["reminded"] == [started["id"]]
+    assert second["reminded"] == []
+    assert first["pendingOverThreshold"] == 1
+    posts = slack_calls(slack, "chat.postMessage")
+    assert len(posts) == 2
+    assert posts[1]["body"]["thread_ts"] is not None
+    emitted = [
+        json.loads(line)["EscalationsPendingOver2h"]
+        for line in capsys.readouterr().out.splitlines()
+        if '"EscalationsPendingOver2h"' in line
+    ]
+    assert emitted == [1, 1]
+
+
+def test_kms_envelope_round_trip(moto_endpoint: str) -> None:
+    import boto3
+
+    from resilience.escalation.crypto import KmsEncryptor
+
+    kms = boto3.client("kms", endpoint_url=moto_endpoint)
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    encryptor = KmsEncryptor(key_id, kms)
+
+    blob = encryptor.encrypt(b"secret", escalation_id="esc-1", purpose="data")
+
+    assert b"secret" not in blob
+    assert encryptor.decrypt(blob, escalation_id="esc-1", purpose="data") == b"secret"
+    # KMS refuses to decrypt the data key under another encryption context.
+    with pytest.raises(ClientError, match="InvalidCiphertextException"):
+        encryptor.decrypt(blob, escalation_id="esc-2", purpose="data")
