@@ -22,6 +22,7 @@ import boto3
 import pytest
 
 from local.embedded import free_port
+from resilience.db import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 ASL_PATH = ROOT / "statemachines" / "escalation.asl.json"
@@ -354,3 +355,54 @@ class Harness:
                 headers={"content-type": "application/json"},
             )
         )
+
+
+def harness_for_test(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch, *, slack_url: str | None = None
+) -> Iterator[Harness]:
+    """Yield a harness on fresh queues and a fresh state machine of ``endpoint``.
+
+    Call it from a test module's ``harness`` fixture, after ``app_env``.
+    """
+    from resilience.escalation.crypto import encryptor_from_env
+    from resilience.escalation.service import reset_service
+
+    stack = create_stack(endpoint)
+    for key, value in escalation_env(stack).items():
+        monkeypatch.setenv(key, value)
+    if slack_url:
+        monkeypatch.setenv("SLACK_API_URL", f"{slack_url}/api")
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        monkeypatch.setenv("SLACK_CHANNEL", "#escalations")
+    reset_service()
+    encryptor_from_env.cache_clear()
+    RESUMED.clear()
+    yield Harness(stack)
+    reset_service()
+
+
+def count_task_calls() -> list[str]:
+    """Record every SendTaskSuccess/SendTaskFailure the service's client makes."""
+    calls: list[str] = []
+    events = _service().stepfunctions.meta.events
+    for operation in ("SendTaskSuccess", "SendTaskFailure"):
+        events.register(
+            f"before-call.sfn.{operation}",
+            lambda model, **_: calls.append(model.name),
+        )
+    return calls
+
+
+def audit_actions(database: Database, escalation_id: str) -> list[str]:
+    with database.transaction() as connection:
+        rows = connection.execute(
+            "SELECT action FROM audit_log WHERE task_id = %s ORDER BY id",
+            (escalation_id,),
+        ).fetchall()
+    return [row["action"] for row in rows]
+
+
+def _service() -> Any:
+    from resilience.escalation.service import get_service
+
+    return get_service()

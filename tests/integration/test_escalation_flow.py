@@ -16,14 +16,14 @@ from botocore.exceptions import ClientError
 
 from local.standins import SlackStandIn
 from resilience.db import Database
-from resilience.escalation.crypto import encryptor_from_env
-from resilience.escalation.service import get_service, reset_service
+from resilience.escalation.service import get_service
 from tests.escalation_support import (
     RESUMED,
     Harness,
     LambdaContextStandIn,
-    create_stack,
-    escalation_env,
+    audit_actions,
+    count_task_calls,
+    harness_for_test,
     http_event,
     moto_session,
 )
@@ -50,38 +50,7 @@ def harness(
     monkeypatch: pytest.MonkeyPatch,
     slack: SlackStandIn,
 ) -> Iterator[Harness]:
-    stack = create_stack(moto_endpoint)
-    for key, value in escalation_env(stack).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SLACK_API_URL", f"{slack.url}/api")
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
-    monkeypatch.setenv("SLACK_CHANNEL", "#escalations")
-    reset_service()
-    encryptor_from_env.cache_clear()
-    RESUMED.clear()
-    yield Harness(stack)
-    reset_service()
-
-
-def count_task_calls() -> list[str]:
-    """Record every SendTaskSuccess/SendTaskFailure the service's client makes."""
-    calls: list[str] = []
-    events = get_service().stepfunctions.meta.events
-    for operation in ("SendTaskSuccess", "SendTaskFailure"):
-        events.register(
-            f"before-call.sfn.{operation}",
-            lambda model, **_: calls.append(model.name),
-        )
-    return calls
-
-
-def audit_actions(database: Database, escalation_id: str) -> list[str]:
-    with database.transaction() as connection:
-        rows = connection.execute(
-            "SELECT action FROM audit_log WHERE task_id = %s ORDER BY id",
-            (escalation_id,),
-        ).fetchall()
-    return [row["action"] for row in rows]
+    yield from harness_for_test(moto_endpoint, monkeypatch, slack_url=slack.url)
 
 
 def slack_calls(slack: SlackStandIn, method: str) -> list[dict[str, Any]]:
