@@ -3,7 +3,7 @@
 Commands::
 
     python -m local [--port 3000]          start the stack (what `make dev` runs)
-    python -m local send QUEUE BODY [--attr NAME=VALUE ...]
+    python -m local send QUEUE BODY [--attr NAME=VALUE ...] [--reply-to QUEUE]
     python -m local receive QUEUE [--wait 10]
     python -m local fail TARGET MODE       TARGET: demo, openai, anthropic
     python -m local recorded TARGET        TARGET: slack, pagerduty, demo, llm
@@ -61,6 +61,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="port of the HTTP API on 127.0.0.1 (default 3000, env PORT)",
     )
     run.add_argument(
+        "--moto-port",
+        type=int,
+        default=_optional_int(os.environ.get("LOCAL_MOTO_PORT")),
+        help="port of the moto server, the local AWS endpoint (default: the API "
+        "port + 1, env LOCAL_MOTO_PORT)",
+    )
+    run.add_argument(
         "--parameter",
         action="append",
         default=[],
@@ -109,6 +116,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="String message attribute, e.g. orgId=acme or replyTo=replies "
         "(repeatable)",
+    )
+    send.add_argument(
+        "--reply-to",
+        metavar="QUEUE",
+        help="ask for the result on this queue (created when missing); read it "
+        "with `python -m local receive QUEUE`",
     )
     send.add_argument(
         "--group-id", help="MessageGroupId (FIFO queues; default 'default')"
@@ -173,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     state = read_state(args.state_dir)
     if args.command == "send":
         attributes = _parse_pairs(args.attr, "attribute")
+        if args.reply_to:
+            control.create_queue(state, args.reply_to)
+            attributes["replyTo"] = args.reply_to
         result: Any = control.send_message(
             state, args.queue, args.body, attributes, args.group_id
         )
@@ -194,10 +210,14 @@ def _run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s | %(message)s",
         datefmt="%H:%M:%S",
     )
+    # One line per request to moto or a stand-in is noise next to the
+    # gateway's and pollers' own lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     options = StackOptions(
         root=ROOT,
         state_dir=args.state_dir.resolve(),
         port=args.port,
+        moto_port=args.moto_port or args.port + 1,
         parameters=_parse_pairs(args.parameter, "parameter"),
         max_workers=args.workers,
         retry_visibility_s=args.retry_visibility,

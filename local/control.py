@@ -8,6 +8,7 @@ stack started.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -15,7 +16,14 @@ import httpx
 
 from local.aws import LOCAL_CREDENTIALS
 
-__all__ = ["banner", "receive_messages", "recorded", "send_message", "set_failure"]
+__all__ = [
+    "banner",
+    "create_queue",
+    "receive_messages",
+    "recorded",
+    "send_message",
+    "set_failure",
+]
 
 _TIMEOUT_S = 10.0
 
@@ -39,6 +47,11 @@ def _queue_url(state: dict[str, Any], queue: str) -> str:
         return str(state["queues"][queue])
     # Queues created after start (reply queues) are looked up in moto.
     return str(sqs_client(state).get_queue_url(QueueName=queue)["QueueUrl"])
+
+
+def create_queue(state: dict[str, Any], name: str) -> str:
+    """Create a queue (a no-op when it exists) and return its URL."""
+    return str(sqs_client(state).create_queue(QueueName=name)["QueueUrl"])
 
 
 def send_message(
@@ -143,6 +156,10 @@ def recorded(state: dict[str, Any], target: str) -> Any:
     return response.json()
 
 
+def _without_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
 def banner(info: dict[str, Any]) -> str:
     """Return the start-up summary: every URL and queue URL of the stack."""
     width = max(len(name) for name in info["queues"]) + 2
@@ -155,7 +172,7 @@ def banner(info: dict[str, Any]) -> str:
         f"  demo service  {info['demo']}   (python -m local fail demo 503)",
         f"  Slack         {info['slack']}/_recorded",
         f"  PagerDuty     {info['pagerduty']}/_recorded",
-        f"  PostgreSQL    {info['database']}",
+        f"  PostgreSQL    {_without_password(info['database'])}",
         f"  Redis         {info.get('redis') or 'Upstash (from the environment)'}",
         "  queues",
     ]

@@ -299,8 +299,7 @@ class Gateway:
             server_version = "local-gateway"
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._read_body()
                 status, headers, response_body = gateway.handle(
                     self.command,
                     self.path,
@@ -315,6 +314,19 @@ class Gateway:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(response_body)
+
+            def _read_body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    chunks: list[bytes] = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
             do_HEAD = do_OPTIONS = _serve

@@ -45,6 +45,7 @@ class StackOptions:
     root: Path
     state_dir: Path
     port: int = 3000
+    moto_port: int | None = None
     template: str = "template.yaml"
     stack_name: str = "agent-resilience"
     region: str = "us-east-1"
@@ -80,7 +81,9 @@ class LocalStack:
         stand_ins = self._start_stand_ins()
         llm_url = self._start_llm_server()
 
-        moto = MotoServer(region=options.region).start(options.state_dir / "moto.log")
+        moto = MotoServer(options.moto_port, region=options.region).start(
+            options.state_dir / "moto.log"
+        )
         self._stoppers.append(("moto", moto.stop))
         resolver = IntrinsicResolver(
             load_template(options.root / options.template),

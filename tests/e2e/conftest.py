@@ -82,6 +82,8 @@ def local_stack(
         str(state_dir),
         "--port",
         str(free_port()),
+        "--moto-port",
+        str(free_port()),
         "--retry-visibility",
         "1",
         "--demo-reset-timeout",

@@ -1,0 +1,209 @@
+"""The local stack's template reader, on the real template.yaml."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from local.cfn import IntrinsicResolver, TemplateError, load_template
+from local.gateway import _compile, build_http_event, match_route
+from local.model import HttpRoute, read_functions, resources_of_type
+from local.pollers import sqs_record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def resolver() -> IntrinsicResolver:
+    return IntrinsicResolver(load_template(ROOT / "template.yaml"))
+
+
+def test_short_tags_become_long_forms() -> None:
+    template = load_template(ROOT / "template.yaml")
+    queue = template["Resources"]["BatchItemsQueue"]["Properties"]
+
+    assert queue["QueueName"] == {"Fn::Sub": "${QueuePrefix}batch-items"}
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["BatchItemsDeadLetterQueue", "Arn"]
+    }
+
+
+def test_sub_with_pseudo_parameters(resolver: IntrinsicResolver) -> None:
+    value = resolver.resolve({"Fn::Sub": "${AWS::StackName}-alerts-${Environment}"})
+
+    assert value == "agent-resilience-alerts-dev"
+
+
+def test_sub_with_variables_and_escape(resolver: IntrinsicResolver) -> None:
+    value = resolver.resolve({"Fn::Sub": ["${Name}/${!Literal}", {"Name": "x"}]})
+
+    assert value == "x/${Literal}"
+
+
+def test_if_uses_template_conditions(resolver: IntrinsicResolver) -> None:
+    resolver.attributes[("EscalationKey", "Arn")] = "arn:aws:kms:local:key/1"
+    value = resolver.resolve(
+        {
+            "Fn::If": [
+                "CreateEscalationKey",
+                {"Fn::GetAtt": ["EscalationKey", "Arn"]},
+                {"Ref": "EscalationKmsKeyArn"},
+            ]
+        }
+    )
+
+    assert value == "arn:aws:kms:local:key/1"
+
+
+def test_no_value_removes_property(resolver: IntrinsicResolver) -> None:
+    value = resolver.resolve({"A": {"Ref": "AWS::NoValue"}, "B": 1})
+
+    assert value == {"B": 1}
+
+
+def test_unknown_ref_names_it(resolver: IntrinsicResolver) -> None:
+    with pytest.raises(TemplateError, match="!Ref Missing"):
+        resolver.resolve({"Ref": "Missing"})
+
+
+def test_unknown_parameter_override() -> None:
+    template = load_template(ROOT / "template.yaml")
+
+    with pytest.raises(TemplateError, match="unknown template parameters"):
+        IntrinsicResolver(template, parameters={"Nope": "1"})
+
+
+def test_queue_names_without_prefix(resolver: IntrinsicResolver) -> None:
+    queues = resources_of_type(resolver, "AWS::SQS::Queue")
+    names = {resolver.resolve(q["Properties"]["QueueName"]) for q in queues.values()}
+
+    for name in (
+        "breaker-calls",
+        "batch-items",
+        "batch-items.fifo",
+        "completions",
+        "escalation-requests",
+        "escalation-notify",
+        "escalation-resume",
+    ):
+        base, fifo = name.removesuffix(".fifo"), name.endswith(".fifo")
+        assert name in names
+        assert f"{base}-dlq{'.fifo' if fifo else ''}" in names
+
+
+def test_functions_get_globals_and_events(resolver: IntrinsicResolver) -> None:
+    functions = {f.logical_id: f for f in read_functions(resolver, ROOT)}
+    batch = functions["PartialSuccessFunction"]
+
+    assert batch.environment["POWERTOOLS_SERVICE_NAME"] == "partial-success"
+    assert batch.environment["POWERTOOLS_METRICS_NAMESPACE"] == "AgentResilience"
+    assert batch.timeout_s == 29
+    assert {r.route_key for r in batch.routes} == {
+        "POST /batches",
+        "GET /batches/{batchId}",
+    }
+    mapping = next(e for e in batch.sqs_events if e.event_name == "BatchItems")
+    assert mapping.batch_size == 10
+    assert mapping.batching_window_s == 1.0
+    assert mapping.report_batch_item_failures is True
+    reminder = functions["EscalationReminderFunction"].schedules[0]
+    assert reminder.interval_s == 900.0
+
+
+def test_literal_route_wins_over_parameter() -> None:
+    routes = [
+        _compile(HttpRoute("F", "a", "GET", "/breaker/{service}")),
+        _compile(HttpRoute("F", "b", "POST", "/breaker/{service}/reset")),
+        _compile(HttpRoute("F", "c", "POST", "/breaker/calls")),
+        _compile(HttpRoute("F", "d", "POST", "/breaker/{service}")),
+    ]
+    routes.sort(key=lambda compiled: compiled.specificity)
+
+    calls = match_route(routes, "POST", "/breaker/calls")
+    reset = match_route(routes, "POST", "/breaker/demo/reset")
+    state = match_route(routes, "GET", "/breaker/my%20service")
+
+    assert calls is not None
+    assert calls[0].event_name == "c"
+    assert reset is not None
+    assert reset[1] == {"service": "demo"}
+    assert state is not None
+    assert state[1] == {"service": "my service"}
+    assert match_route(routes, "DELETE", "/breaker/demo") is None
+
+
+def test_http_event_shape_for_form_post() -> None:
+    event = build_http_event(
+        route=HttpRoute("F", "Decide", "POST", "/approvals/{id}"),
+        path_parameters={"id": "esc-1"},
+        method="POST",
+        raw_path="/approvals/esc-1",
+        raw_query="approver=anyone&x=1&x=2",
+        headers=[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", "csrf=abc; theme=dark"),
+            ("X-Org-Id", "acme"),
+        ],
+        body=b"decision=approve",
+        source_ip="127.0.0.1",
+        domain_name="127.0.0.1:3000",
+        request_id="req-1",
+    )
+
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == "POST /approvals/{id}"
+    assert event["cookies"] == ["csrf=abc", "theme=dark"]
+    assert "cookie" not in event["headers"]
+    assert event["headers"]["x-org-id"] == "acme"
+    assert event["queryStringParameters"] == {"approver": "anyone", "x": "1,2"}
+    assert event["pathParameters"] == {"id": "esc-1"}
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == b"decision=approve"
+    assert event["requestContext"]["http"]["method"] == "POST"
+    assert event["requestContext"]["requestId"] == "req-1"
+
+
+def test_http_event_keeps_json_as_text() -> None:
+    event = build_http_event(
+        route=HttpRoute("F", "Create", "POST", "/batches"),
+        path_parameters={},
+        method="POST",
+        raw_path="/batches",
+        raw_query="",
+        headers=[("content-type", "application/json")],
+        body=b'{"batchId": "b1"}',
+        source_ip="127.0.0.1",
+        domain_name="127.0.0.1:3000",
+        request_id="req-2",
+    )
+
+    assert event["isBase64Encoded"] is False
+    assert json.loads(event["body"]) == {"batchId": "b1"}
+    assert "pathParameters" not in event
+    assert "queryStringParameters" not in event
+
+
+def test_sqs_record_shape() -> None:
+    message = {
+        "MessageId": "m1",
+        "ReceiptHandle": "rh",
+        "MD5OfBody": "md5",
+        "Body": "{}",
+        "Attributes": {"ApproximateReceiveCount": "2"},
+        "MessageAttributes": {"orgId": {"DataType": "String", "StringValue": "acme"}},
+    }
+
+    record = sqs_record(message, "arn:aws:sqs:us-east-1:123456789012:q", "us-east-1")
+
+    assert record["messageId"] == "m1"
+    assert record["eventSource"] == "aws:sqs"
+    assert record["attributes"]["ApproximateReceiveCount"] == "2"
+    assert record["messageAttributes"]["orgId"] == {
+        "stringValue": "acme",
+        "stringListValues": [],
+        "binaryListValues": [],
+        "dataType": "String",
+    }
