@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 import stamina
 
-from resilience.breaker import BreakerConfig, get_breaker
+from resilience.breaker import BreakerConfig, Permit, get_breaker
 from resilience.errors import (
     BreakerOpenError,
     ConfigError,
@@ -232,7 +232,7 @@ def validate_path(path: object) -> str:
     if (
         "\\" in path
         or any(ord(char) < 0x20 or ord(char) == 0x7F for char in path)
-        or "://" in path
+        or "://" in bare
         or any(segment in ("..", ".") for segment in segments)
         or "%2e" in bare.lower()
         or "%2f" in bare.lower()
@@ -312,8 +312,10 @@ def call_service(
     def wait_for(error: Exception) -> bool | float:
         # stamina calls this after a failed attempt: True retries with its
         # backoff, a number retries after that many seconds, False stops.
+        left = _remaining(deadline)
+        if left == 0.0:
+            return False
         if isinstance(error, _RetryableAnswer) and error.retry_after is not None:
-            left = _remaining(deadline)
             if left is not None and error.retry_after > left:
                 return False
             return min(error.retry_after, retry.max_wait)
@@ -325,17 +327,23 @@ def call_service(
         for attempt in stamina.retry_context(
             on=wait_for,
             attempts=retry.attempts,
-            timeout=_remaining(deadline),
+            timeout=_remaining(deadline) or None,
             wait_initial=retry.initial_wait,
             wait_max=retry.max_wait,
             wait_exp_base=retry.backoff_factor,
             wait_jitter=retry.initial_wait,
         ):
             with attempt:
+                if _remaining(deadline) == 0.0:
+                    raise UpstreamTimeoutError(
+                        f"no time left before the deadline to call {service.name!r}",
+                        service=service.name,
+                    )
+                permit = breaker.acquire()
                 attempts += 1
                 try:
                     response = _attempt(
-                        breaker,
+                        permit,
                         client,
                         service,
                         method,
@@ -373,7 +381,7 @@ def call_service(
 
 
 def _attempt(
-    breaker: Any,
+    permit: Permit,
     client: httpx.Client,
     service: ServiceConfig,
     method: str,
@@ -384,13 +392,7 @@ def _attempt(
 ) -> httpx.Response:
     left = _remaining(deadline)
     timeout = service.timeout_s if left is None else min(service.timeout_s, left)
-    if timeout <= 0:
-        raise UpstreamTimeoutError(
-            f"no time left before the deadline to call {service.name!r}",
-            service=service.name,
-        )
-
-    permit = breaker.acquire()
+    timeout = max(timeout, 0.001)
     content, content_headers = _encode_body(body)
     try:
         response = client.request(
