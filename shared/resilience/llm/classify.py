@@ -263,6 +263,11 @@ OPENAI_TRANSLATORS: dict[str, Translator] = {
     "SubjectTokenProviderError": _config,
     "WebSocketConnectionClosedError": _connection,
     "WebSocketQueueFullError": _by_status,
+    # Misuse of the SDK itself: a bug or a wrong setting, never the provider.
+    "StreamAlreadyConsumed": _config,
+    "APIRemovedInV1": _config,
+    "MutuallyExclusiveAuthError": _config,
+    "_AmbiguousModuleClientUsageError": _config,
     "OpenAIError": _config,
 }
 
@@ -295,6 +300,12 @@ ANTHROPIC_TRANSLATORS: dict[str, Translator] = {
     "RetryableError": _by_status,
     "CredentialsError": _config,
     "IdentityTokenFileError": _config,
+    "WorkloadIdentityError": _config,
+    # Misuse of the SDK itself: a bug or a wrong setting, never the provider.
+    "StreamAlreadyConsumed": _config,
+    "MissingDependencyError": _config,
+    "MutuallyExclusiveAuthError": _config,
+    "ToolsetUsageError": _config,
     "AnthropicError": _config,
 }
 

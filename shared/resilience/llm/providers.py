@@ -18,6 +18,7 @@ Where a client points (environment):
 
 Keys: ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``, else the ``openai`` /
 ``anthropic`` fields of the JSON secret named by ``PROVIDER_KEYS_SECRET``.
+With ``LLM_MOCK=1`` the clients send a placeholder key instead.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class ClientSettings:
         if base_url is None and mock:
             mock_url = os.environ.get(ENV_MOCK_URL) or DEFAULT_MOCK_URL
             base_url = mock_url.rstrip("/") + mock_suffix
-        return cls(provider, key or MOCK_API_KEY, base_url, mock)
+        # A real key is never sent to the local stand-in.
+        api_key = MOCK_API_KEY if mock or not key else key
+        return cls(provider, api_key, base_url, mock)
 
 
 def _timeout(timeout_s: float) -> Any:

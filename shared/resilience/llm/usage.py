@@ -33,6 +33,7 @@ __all__ = [
     "SpendTotal",
     "UsageRecord",
     "daily_spend",
+    "list_spend",
     "record_usage",
     "release_reservation",
     "reserve_budget",
@@ -237,7 +238,7 @@ _SPEND = """
 
 def daily_spend(database: Database, org_id: str, day: date) -> SpendTotal:
     """Return an org's spend on a UTC day, with calls and unknown-cost calls."""
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    start = _midnight(day)
     with database.transaction() as connection:
         counts: Any = connection.execute(_SPEND, (org_id, start, start)).fetchone()
         totals = connection.execute(
