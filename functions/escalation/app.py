@@ -231,7 +231,9 @@ def _caller(event: dict[str, Any]) -> str | None:
 
 
 def _request_base_url(event: dict[str, Any]) -> str | None:
-    """Return the URL the request came in on, used when APP_URL is empty."""
+    """Return the URL the request came in on when APP_URL is empty, else None."""
+    if get_service().config.app_url:
+        return None
     domain = (event.get("requestContext") or {}).get("domainName")
     if not domain:
         return None
