@@ -198,6 +198,17 @@ class CircuitBreaker:
         self._listeners = list(listeners)
         self._clock = clock
         self._keys = scripts.breaker_keys(name)
+        self._report_settings = " ".join(
+            str(value)
+            for value in (
+                self.config.failure_threshold,
+                _ms(self.config.window),
+                self.config.window_buckets,
+                self.config.minimum_calls,
+                self.config.failure_rate_threshold,
+                _ms(self.config.reset_timeout),
+            )
+        )
         self._seen: _Seen | None = None
         self._local = LocalState()
         self._outage = False
@@ -296,12 +307,7 @@ class CircuitBreaker:
                     1 if ok else 0,
                     permit.generation,
                     permit.probe_id,
-                    config.failure_threshold,
-                    _ms(config.window),
-                    config.window_buckets,
-                    config.minimum_calls,
-                    config.failure_rate_threshold,
-                    _ms(config.reset_timeout),
+                    self._report_settings,
                 ],
             )
             if reply is not None:

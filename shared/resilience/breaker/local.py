@@ -31,15 +31,17 @@ class Reply:
 
     @classmethod
     def from_script(cls, raw: Any) -> Reply:
-        verdict, state, generation, fails, opened_until, previous, retry = raw
+        """Parse "verdict state generation fails opened_until previous retry"."""
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        verdict, state, generation, fails, opened_until, previous, retry = text.split()
         return cls(
-            verdict=str(verdict),
-            state=str(state),
-            generation=int(generation),
-            fails=int(fails),
-            opened_until_ms=int(opened_until),
-            previous=str(previous or ""),
-            retry_ms=int(retry),
+            verdict,
+            state,
+            int(generation),
+            int(fails),
+            int(opened_until),
+            "" if previous == "-" else previous,
+            int(retry),
         )
 
 

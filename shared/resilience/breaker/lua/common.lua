@@ -16,11 +16,13 @@ local function load()
     tonumber(v[4] or '0')
 end
 
--- Reply shape of every script:
--- {verdict, state, generation, fails, opened_until_ms, previous_state, retry_ms}
--- previous_state is '' unless this script made a transition.
+-- Reply of every script, one string because a client parses it faster than
+-- an array: "verdict state generation fails opened_until_ms previous retry_ms".
+-- previous is '-' unless this script made a transition.
 local function reply(verdict, st, gen, fails, until_ms, prev, retry_ms)
-  return {verdict, st, gen, fails, until_ms, prev or '', retry_ms or 0}
+  if prev == nil or prev == '' then prev = '-' end
+  return table.concat({verdict, st, int(gen), int(fails), int(until_ms), prev,
+    int(retry_ms or 0)}, ' ')
 end
 
 -- Every transition bumps the generation and starts the new state with an

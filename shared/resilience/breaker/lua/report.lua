@@ -1,16 +1,17 @@
 -- Record the outcome of a call. ARGV: now_ms, ok (1 success, 0 failure),
--- permit generation, probe id ('' for a normal call), failure_threshold,
--- window_ms, window_buckets, minimum_calls, failure_rate_threshold,
--- reset_timeout_ms. An outcome from an older generation changes nothing.
+-- permit generation, probe id ('' for a normal call), and the settings as one
+-- space-separated string: failure_threshold window_ms window_buckets
+-- minimum_calls failure_rate_threshold reset_timeout_ms. An outcome from an
+-- older generation changes nothing.
 local ok = ARGV[2] == '1'
 local permit_gen = tonumber(ARGV[3])
 local probe_id = ARGV[4]
-local threshold = tonumber(ARGV[5])
-local window_ms = tonumber(ARGV[6])
-local buckets = tonumber(ARGV[7])
-local min_calls = tonumber(ARGV[8])
-local rate = tonumber(ARGV[9])
-local reset_ms = tonumber(ARGV[10])
+local settings = {}
+for value in string.gmatch(ARGV[5], '%S+') do
+  settings[#settings + 1] = tonumber(value)
+end
+local threshold, window_ms, buckets = settings[1], settings[2], settings[3]
+local min_calls, rate, reset_ms = settings[4], settings[5], settings[6]
 
 local st, gen, fails, until_ms = load()
 if probe_id ~= '' then redis.call('HDEL', probe_key, probe_id) end
