@@ -33,6 +33,7 @@ PATTERNS: dict[str, str] = {
     "breaker": "resilience.breaker",
     "escalation": "resilience.escalation",
     "llm": "resilience.llm",
+    "queues": "resilience.queues",
 }
 
 _SUMMARIES = {
@@ -41,6 +42,7 @@ _SUMMARIES = {
     "db": "apply schema.sql to the database (migrate)",
     "escalation": "list pending escalations and their decisions",
     "llm": "show LLM usage and spend",
+    "queues": "show queue depths and re-drive dead-letter queues",
 }
 
 EXIT_USAGE = 2

@@ -21,7 +21,7 @@ def test_unknown_pattern_exits_2_listing_valid_ones(
     error = capsys.readouterr().err
     assert code == 2
     assert "unknown pattern 'breakers'" in error
-    assert "expected one of batch, breaker, db, escalation, llm" in error
+    assert "expected one of batch, breaker, db, escalation, llm, queues" in error
 
 
 def test_no_arguments_exits_2_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
