@@ -164,12 +164,12 @@ def _optional_float(raw: str | None) -> float | None:
     return float(raw) if raw else None
 
 
-def _parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
+def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
     result = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise SystemExit(f"invalid {what} {pair!r}: write NAME=VALUE")
+            raise SystemExit(f"invalid {option} {pair!r}: write NAME=VALUE")
         result[name] = value
     return result
 
@@ -200,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         result = control.recorded(state, args.target)
     else:
         result = state
-    print(json.dumps(result, indent=2, default=str))
+    if args.command == "fail":
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -4,7 +4,7 @@ moto runs as a child process on 127.0.0.1 with ``MOTO_PORT`` set to its own
 port, because its Step Functions interpreter calls SQS at
 ``localhost:$MOTO_PORT`` when it runs an execution. Queues are created with
 their names, redrive policies, FIFO settings and visibility timeouts from
-the template; every created resource is registered with the resolver, so
+the template. Every created resource is registered with the resolver, so
 ``!Ref`` and ``!GetAtt`` then return the local URLs and ARNs.
 """
 

@@ -132,7 +132,18 @@ def set_failure(state: dict[str, Any], target: str, mode: str) -> Any:
         )
     if response.status_code >= 400:
         raise SystemExit(f"{target} rejected mode {mode!r}: {response.text}")
-    return response.json()
+    state_now = response.json()
+    if target == "demo":
+        return {
+            "target": "demo",
+            "mode": state_now["mode"],
+            "status": state_now["status"],
+        }
+    rule = state_now.get("failure") or {}
+    summary = {"target": target, "mode": rule.get("mode", mode)}
+    if rule.get("mode") == "error":
+        summary["status"] = rule.get("status")
+    return summary
 
 
 def _status(mode: str) -> int:

@@ -1,9 +1,10 @@
 """The environment of each local function: the template's, plus local overrides.
 
 A worker process starts from an almost empty environment (``PATH``, locale,
-home), adds the variables the template gives the function (Globals first,
-then the function's own, intrinsics resolved to local values), and then the
-local overrides below, which point every client at a local server:
+home). It adds the variables the template gives the function: Globals
+first, then the function's own, with intrinsics resolved to local values.
+Then come the local overrides below, which point every client at a local
+server:
 
 - ``DATABASE_URL``, ``REDIS_URL`` (or the Upstash settings when set),
   ``REDIS_KEY_PREFIX`` when set;

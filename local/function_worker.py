@@ -5,7 +5,7 @@ Started by :mod:`local.functions` as
 function's environment, ``PYTHONPATH=CodeUri:shared`` and the function's
 code directory as working directory. It imports the handler once (a cold
 start), sends one ``ready`` line, then runs one invocation per request line
-and answers with one response line. Both pipes carry JSON lines, so the
+and writes one response line for each. Both pipes carry JSON lines, so the
 handler's own stdout and stderr stay free for its logs.
 """
 

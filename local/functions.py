@@ -49,7 +49,7 @@ class Invocation:
 
 
 class WorkerError(RuntimeError):
-    """A worker process died or stopped answering."""
+    """A worker process died or stopped responding."""
 
 
 class _Worker:
@@ -197,7 +197,7 @@ class FunctionPool:
         deadline = time.time() + self.spec.timeout_s
         request = {"requestId": request_id, "event": event, "deadline": deadline}
         try:
-            # One second of grace for the answer to travel back.
+            # One second of grace for the response to arrive.
             response = worker.invoke(request, started + self.spec.timeout_s + 1.0)
         except (TimeoutError, WorkerError, OSError) as exc:
             worker.stop()

@@ -1,4 +1,4 @@
-"""What the local stack runs, read from template.yaml.
+"""Functions, events and environments of the local stack, read from template.yaml.
 
 Functions, their events (HTTP API routes, SQS event source mappings,
 schedules, SNS subscriptions) and their environment all come from the

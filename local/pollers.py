@@ -7,8 +7,9 @@ SQS event of the template:
   ``MaximumBatchingWindowInSeconds`` to fill a batch, and invokes the
   function with Lambda's SQS event shape;
 - with ``ReportBatchItemFailures`` it deletes the messages the function did
-  not list in ``batchItemFailures``; without it, or when the function raises
-  or times out, a failure leaves every message of the batch in the queue;
+  not list in ``batchItemFailures``. Without it, a failed invocation leaves
+  every message of the batch in the queue, and so does an invocation that
+  raises or times out in either case;
 - messages left in the queue become visible again after the visibility
   timeout, and moto moves a message to the DLQ named in the queue's
   RedrivePolicy once it has been received ``maxReceiveCount`` times;
@@ -214,7 +215,8 @@ class SqsPoller(_Loop):
         self, records: list[dict[str, Any]], failed: set[str]
     ) -> None:
         # In a FIFO group, a message after a failed one must fail too, or it
-        # is processed out of order; Lambda deletes it if the function says so.
+        # is processed out of order. Lambda deletes it when the function
+        # reports it as done, so the local stack does the same and warns.
         failed_groups: set[str] = set()
         for record in records:
             group = record["attributes"].get("MessageGroupId")

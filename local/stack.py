@@ -1,10 +1,13 @@
 """The local stack: template.yaml run on one machine, with no AWS account or Docker.
 
-:class:`LocalStack` starts, in order: PostgreSQL and Redis (the configured
-ones or embedded servers), the stand-ins (demo downstream, Slack, PagerDuty,
-the local LLM server), a moto server with the template's queues, topic and
-state machine, one worker pool per function, the HTTP gateway, and the
-pollers. It writes every URL to ``stack.json`` in its state directory, which
+:class:`LocalStack` starts these in order:
+
+1. PostgreSQL and Redis, the configured ones or embedded servers;
+2. the stand-ins: demo downstream, Slack, PagerDuty, the local LLM server;
+3. a moto server with the template's queues, topic and state machine;
+4. one worker pool per function, the HTTP gateway, and the pollers.
+
+It writes every URL to ``stack.json`` in its state directory, which
 ``python -m local send|fail|receive`` and the end-to-end tests read.
 """
 

@@ -5,9 +5,9 @@ stack (or of a test):
 
 - :class:`DemoService`: the downstream behind the breaker, registered as the
   ``demo`` service. ``POST /_control`` switches it between ``ok``, ``fail``
-  (with a status) and ``hang``; ``GET /_control`` shows the switch and how
-  many times each ``Idempotency-Key`` caused an effect; ``DELETE /_control``
-  resets both. ``/fail`` always fails with 500 and ``/status/{code}`` always
+  (with a status) and ``hang``. ``GET /_control`` shows the mode and how
+  many times each ``Idempotency-Key`` caused an effect, and ``DELETE
+  /_control`` resets both. ``/fail`` always fails with 500 and ``/status/{code}`` always
   answers with that status.
 - :class:`SlackStandIn`: an incoming webhook (``POST /services/...``) and the
   Web API methods ``chat.postMessage`` and ``chat.update`` under ``/api/``.
@@ -151,7 +151,7 @@ def _parse_body(headers: dict[str, str], body: bytes) -> Any:
 
 
 class DemoService(StandIn):
-    """A downstream service that can be told to fail, hang or recover."""
+    """A downstream service that can be switched to fail, hang or recover."""
 
     name = "demo"
 
@@ -257,7 +257,7 @@ class SlackStandIn(StandIn):
 
         entry = self.record(method, route_path, headers, body)
         if route_path.startswith("/services/"):
-            # Incoming webhooks answer with plain text.
+            # Incoming webhooks return plain text.
             return 200, {}, "ok"
         if not route_path.startswith("/api/"):
             return 404, {}, {"ok": False, "error": "not_found"}

@@ -1,13 +1,14 @@
 """The local stack as a pytest fixture: started once per session, on free ports.
 
-``local_stack`` runs ``python -m local`` in a child process against the
-session's fresh database and Redis (see tests/conftest.py), with a Redis key
-prefix of its own, the local LLM server forced on (``LLM_MOCK=1``, provider
-keys removed, so no test reaches a real provider), failed SQS messages retried
-after 1 s and the demo service's breaker cooling down in 2 s. It waits until
-the stack has written its ``stack.json`` and answers on the gateway, and stops
+``local_stack`` runs ``python -m local`` in a child process. It uses the
+session's fresh database and Redis (see tests/conftest.py) with a Redis key
+prefix of its own. The local LLM server is forced on (``LLM_MOCK=1``, provider
+keys removed), so no test reaches a real provider. Failed SQS messages come
+back after 1 s, and the demo service's breaker cools down in 2 s.
+
+The fixture waits until the stack has written its ``stack.json``, and stops
 it with SIGTERM at the end. The stack's output goes to ``local-stack.log`` in
-the session's temporary directory and is printed when start-up fails.
+the session's temporary directory and is shown when start-up fails.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def test_breaker_opens_then_closes(local_stack: LocalStackHandle, demo: str) -> 
         f"{demo}/_control", json={"mode": "fail", "status": 503}
     ).raise_for_status()
 
-    # GIVEN a downstream that answers 503: each call returns 200 with the
+    # GIVEN a downstream that returns 503: each call returns 200 with the
     # downstream status until the breaker opens (failure threshold 3).
     answers = []
     for _ in range(6):
@@ -307,7 +307,7 @@ def _slack_calls(slack_url: str, path: str, needle: str) -> list[dict[str, Any]]
 # ---------------------------------------------------------------- graceful degradation
 
 
-def test_completion_falls_back_to_anthropic_then_template(
+def test_completion_fallback_chain(
     local_stack: LocalStackHandle, llm_server: str
 ) -> None:
     client = local_stack.http()
