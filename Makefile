@@ -18,6 +18,9 @@ SAM_CLI_VERSION := 1.170.0
 # Each function directory has its own app.py, so mypy checks them one by one.
 FUNCTION_DIRS := $(sort $(dir $(wildcard functions/*/*.py)))
 ENV ?= dev
+# ruff formats Python code blocks in Markdown too. The docs align their
+# example comments by hand, so the formatter leaves Markdown alone.
+RUFF_FORMAT := $(BIN)/ruff format --extend-exclude '*.md'
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
@@ -66,7 +69,7 @@ $(SAM):
 
 lint: install $(SAM) ## Run ruff, mypy (library, local stack, each function), cfn-lint and sam validate
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(RUFF_FORMAT) --check .
 	$(BIN)/mypy shared/resilience local
 	@for dir in $(FUNCTION_DIRS); do echo "$(BIN)/mypy $$dir"; $(BIN)/mypy "$$dir" || exit 1; done
 	$(BIN)/cfn-lint template.yaml
@@ -74,7 +77,7 @@ lint: install $(SAM) ## Run ruff, mypy (library, local stack, each function), cf
 	$(SAM) validate
 
 format: install ## Format the code with ruff
-	$(BIN)/ruff format .
+	$(RUFF_FORMAT) .
 	$(BIN)/ruff check --fix .
 
 build: $(SAM) ## Build the SAM application (layer and functions) into .aws-sam/
