@@ -4,7 +4,7 @@ Routes (API Gateway HTTP API):
 
 - ``POST /breaker/calls`` ``{"service", "path", "method", "body"?, "headers"?,
   "idempotencyKey"?}``: 200 with the downstream status and the breaker state
-  for any HTTP answer, 502 when the service cannot be reached, 504 when it
+  for any HTTP response, 502 when the service cannot be reached, 504 when it
   times out, 503 with ``retryAfterMs`` when the breaker rejects the call,
   400 for bad input.
 - ``GET /breaker/{service}``: state, failure count, opened-until.
@@ -69,7 +69,7 @@ def _timed_out(error: UpstreamTimeoutError) -> Response:
 
 
 def parse_call(body: Any) -> dict[str, Any]:
-    """Validate a call request; the result holds call_service's arguments."""
+    """Validate a call request and return the arguments of call_service."""
     if not isinstance(body, dict):
         raise ValidationError(
             f"the call must be a JSON object, got {type(body).__name__}", field="body"
@@ -210,7 +210,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
         request = parse_call(json.loads(record.body))
         result = call_service(**request, deadline=_deadline(processor.lambda_context))
     except (json.JSONDecodeError, ValidationError) as exc:
-        # Bad input stays bad: answer once and drop the message.
+        # Bad input stays bad: reply once and drop the message.
         field = getattr(exc, "field", "body")
         logger.error(
             "breaker.call_rejected",
@@ -244,7 +244,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
 
 
 class TransientServiceAnswer(TransientError):
-    """A 5xx or 429 answer after the retries; the message is tried again later."""
+    """A 5xx or 429 response after the retries; the message is retried later."""
 
     def __init__(self, service: str, status: int) -> None:
         super().__init__(f"{service!r} answered {status}", service=service)

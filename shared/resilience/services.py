@@ -103,7 +103,7 @@ class ServiceConfig:
 
 @dataclass(frozen=True)
 class ServiceResponse:
-    """A downstream HTTP answer and how the call went."""
+    """A downstream HTTP response, with the attempts and time the call took."""
 
     status: int
     headers: dict[str, str]
@@ -245,8 +245,8 @@ def validate_path(path: object) -> str:
     return path
 
 
-class _RetryableAnswer(Exception):
-    """An HTTP answer that counts as a failure; raised so that stamina retries."""
+class _RetryableResponse(Exception):
+    """An HTTP response that counts as a failure, raised so that stamina retries."""
 
     def __init__(self, response: httpx.Response, retry_after: float | None) -> None:
         super().__init__(f"HTTP {response.status_code}")
@@ -293,7 +293,7 @@ def call_service(
         ValidationError: unknown service, method, path or header.
         BreakerOpenError: the breaker rejected the first attempt.
         UpstreamConnectionError: the service could not be reached.
-        UpstreamTimeoutError: the service did not answer in time.
+        UpstreamTimeoutError: the service did not respond in time.
     """
     registry = registry or default_registry()
     service = registry.get(name)
@@ -305,7 +305,7 @@ def call_service(
 
     started = time.monotonic()
     attempts = 0
-    failed_answer: httpx.Response | None = None
+    failed_response: httpx.Response | None = None
     last_error: Exception | None = None
     retry = service.retry
 
@@ -315,12 +315,12 @@ def call_service(
         left = _remaining(deadline)
         if left == 0.0:
             return False
-        if isinstance(error, _RetryableAnswer) and error.retry_after is not None:
+        if isinstance(error, _RetryableResponse) and error.retry_after is not None:
             if left is not None and error.retry_after > left:
                 return False
             return min(error.retry_after, retry.max_wait)
         return isinstance(
-            error, _RetryableAnswer | UpstreamConnectionError | UpstreamTimeoutError
+            error, _RetryableResponse | UpstreamConnectionError | UpstreamTimeoutError
         )
 
     try:
@@ -356,15 +356,15 @@ def call_service(
                     last_error = exc
                     raise
                 if breaker.config.counts_status(response.status_code):
-                    failed_answer = response
-                    raise _RetryableAnswer(response, _retry_after(response))
-    except _RetryableAnswer as exhausted:
+                    failed_response = response
+                    raise _RetryableResponse(response, _retry_after(response))
+    except _RetryableResponse as exhausted:
         response = exhausted.response
     except BreakerOpenError:
         # A retry rejected by the breaker ends the retries: the caller gets
         # what the previous attempt got.
-        if failed_answer is not None:
-            response = failed_answer
+        if failed_response is not None:
+            response = failed_response
         elif last_error is not None:
             raise last_error from None
         else:
@@ -404,7 +404,8 @@ def _attempt(
         )
     except httpx.TimeoutException as exc:
         error: Exception = UpstreamTimeoutError(
-            f"{service.name!r} did not answer {method} {path} within {timeout:.2f} s",
+            f"{service.name!r} timed out: no response to {method} {path} "
+            f"within {timeout:.2f} s",
             service=service.name,
         )
         permit.failure(error)

@@ -27,10 +27,10 @@ class BreakerState(enum.Enum):
 
 
 class StoreFailurePolicy(enum.Enum):
-    """What a breaker does while its store (Redis or Upstash) is unreachable.
+    """Policy of a breaker while its store (Redis or Upstash) is unreachable.
 
     ``fail_open`` lets calls through, guarded by an in-memory breaker of this
-    instance; ``fail_closed`` rejects every call until the store is back.
+    instance. ``fail_closed`` rejects every call until the store is back.
     """
 
     FAIL_OPEN = "fail_open"
@@ -104,7 +104,7 @@ class BreakerConfig:
         failure_status_codes: HTTP statuses that count as failures.
         failure_exceptions: exception classes that count as failures; any
             other exception is reported as a success because the service
-            answered.
+            responded.
         listener_timeout: time a call waits for transition listeners (audit
             rows, alerts) before it goes on and leaves them running.
     """
@@ -171,7 +171,7 @@ class BreakerConfig:
             )
 
     def counts_status(self, status: int) -> bool:
-        """Return True when an HTTP answer with ``status`` counts as a failure."""
+        """Return True when an HTTP response with ``status`` counts as a failure."""
         return status in self.failure_status_codes
 
     def counts_error(self, error: BaseException | None) -> bool:

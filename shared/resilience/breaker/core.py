@@ -2,9 +2,9 @@
 
 Round trips to the store per guarded call (measured by ``bench/breaker.py``):
 
-- closed: 1 (the report). ``acquire`` answers from the state this instance
-  saw last when it is closed and younger than ``state_cache_ttl``; after a
-  quiet spell the first call costs 2.
+- closed: 1 (the report). ``acquire`` decides from the state this instance
+  saw last when that state is closed and younger than ``state_cache_ttl``.
+  After a quiet spell the first call costs 2.
 - open: 0 while the last state seen is open, younger than
   ``state_cache_ttl`` and inside its cooldown, otherwise 1.
 - half_open: 1 to acquire a probe (or be rejected) and 1 to report it.
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Why a transition happened, by (previous state, new state) and script.
+# Transition reasons by (previous state, new state).
 _REASONS = {
     ("open", "half_open"): "reset_timeout_elapsed",
     ("half_open", "closed"): "probe_succeeded",
@@ -80,7 +80,7 @@ class Transition:
     """A change of state, reported once, by the instance that made it.
 
     ``local`` is True for transitions of this instance's in-memory state
-    while the store is unreachable; they have generations of their own.
+    while the store is unreachable. Those have generations of their own.
     """
 
     name: str
@@ -107,7 +107,7 @@ class _Seen:
 
 
 class Permit:
-    """Leave to make one call; report its outcome once with success or failure."""
+    """Permission for one call, whose outcome is reported once (success or failure)."""
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class Permit:
         self.breaker._report(self, ok=True)
 
     def failure(self, error: BaseException | None = None) -> None:
-        """Report a failure; an ``error`` the config does not count is a success."""
+        """Report a failure, or a success when the config does not count ``error``."""
         if not self.breaker.config.counts_error(error):
             self.success()
             return
@@ -166,7 +166,7 @@ class Permit:
             self.breaker._report(self, ok=False)
 
     def record_status(self, status: int) -> None:
-        """Report an HTTP answer: a failure when its status counts, else success."""
+        """Report an HTTP response: a failure when its status counts, else a success."""
         if self.breaker.config.counts_status(status):
             self.failure()
         else:
@@ -330,7 +330,7 @@ class CircuitBreaker:
     # ----------------------------------------------------------- commands
 
     def open_until(self, epoch_seconds: float) -> BreakerSnapshot:
-        """Open the breaker until ``epoch_seconds``; an opening is only extended."""
+        """Open the breaker until ``epoch_seconds``, never shortening an opening."""
         now_ms = self._now_ms()
         target_ms = int(epoch_seconds * 1000)
         reply = self._run(scripts.OPEN_UNTIL, [now_ms, target_ms])
@@ -353,7 +353,7 @@ class CircuitBreaker:
         return self._snapshot_of(reply)
 
     def reset(self, actor: str) -> BreakerSnapshot:
-        """Close the breaker and clear its counters; the transition names ``actor``.
+        """Close the breaker and clear its counters, recording ``actor``.
 
         Raises:
             RedisUnavailableError: the store cannot be reached.
@@ -386,7 +386,7 @@ class CircuitBreaker:
     def _run(
         self, script: Script, args: list[Any], *, required: bool = False
     ) -> Reply | None:
-        """Run ``script`` on the store; None means the store is unavailable."""
+        """Run ``script`` on the store; return None while the store is away."""
         if not required and time.monotonic() < self._retry_store_at:
             return None
         try:
@@ -481,9 +481,9 @@ class CircuitBreaker:
         listeners = list(self._listeners)
         if not listeners:
             return
-        # Listeners write to PostgreSQL and send alerts. They run on a thread
-        # so that a slow or unreachable target delays the call by at most
-        # listener_timeout; the thread finishes its work in the background.
+        # Listeners write to PostgreSQL and send alerts. They run on a thread,
+        # so a slow or unreachable target delays the call by at most
+        # listener_timeout while the thread finishes in the background.
         worker = threading.Thread(
             target=_run_listeners,
             args=(transition, listeners),
@@ -548,8 +548,8 @@ def _finish(permit: Permit, error: BaseException | None) -> None:
         permit.success()
     elif isinstance(error, Exception):
         permit.failure(error)
-    # A BaseException (cancellation, interpreter exit) reports nothing; a
-    # probe's lease frees its slot when it ends.
+    # A BaseException (cancellation, interpreter exit) reports nothing, and
+    # a probe's lease frees its slot when it ends.
 
 
 def _run_listeners(transition: Transition, listeners: list[TransitionListener]) -> None:

@@ -19,7 +19,7 @@ __all__ = ["LocalState", "Reply"]
 
 @dataclass(frozen=True)
 class Reply:
-    """Result of one breaker script; ``previous`` is set when it made a transition."""
+    """Result of one breaker script. ``previous`` is set when it made a transition."""
 
     verdict: str
     state: str

@@ -39,15 +39,15 @@ def get_breaker(
     """
     with _lock:
         breaker = _breakers.get(name)
-        wanted = config or (breaker.config if breaker else BreakerConfig.from_env())
+        requested = config or (breaker.config if breaker else BreakerConfig.from_env())
         if (
             breaker is None
-            or breaker.config != wanted
+            or breaker.config != requested
             or (store is not None and breaker._store is not store)
         ):
             breaker = CircuitBreaker(
                 name,
-                wanted,
+                requested,
                 store=store,
                 listeners=default_listeners(critical=critical),
             )

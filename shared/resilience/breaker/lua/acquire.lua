@@ -1,6 +1,7 @@
 -- Decide whether a call may start. ARGV: now_ms, half_open_max_calls,
 -- probe_lease_ms, probe_id. Verdicts: allow (closed), probe (a half-open
--- lease was granted), reject (retry_ms says when to come back).
+-- lease was granted), reject (retry_ms is the wait before
+-- trying again).
 local max_probes = tonumber(ARGV[2])
 local lease_ms = tonumber(ARGV[3])
 local probe_id = ARGV[4]
