@@ -128,7 +128,7 @@ class CountingStore:
 
 
 class Downstream:
-    """A local HTTP service whose answers a test sets: status, delay, headers."""
+    """A local HTTP service whose responses a test sets: status, delay, headers."""
 
     def __init__(self) -> None:
         self.status = 200

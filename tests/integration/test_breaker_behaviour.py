@@ -228,7 +228,7 @@ def test_half_open_max_calls_bounds_probes(
 def test_lost_probe_frees_slot_after_lease(
     make_breaker: BreakerFactory, clock: FakeClock
 ) -> None:
-    """B2: the probe's caller dies; after the lease another caller may probe."""
+    """The probe's caller dies, and after the lease another caller may probe."""
     breaker = make_breaker()
     fail(breaker, 3)
     clock.advance(30)
@@ -247,7 +247,7 @@ def test_lost_probe_frees_slot_after_lease(
 
 
 def test_cold_start_keeps_count(make_breaker: BreakerFactory) -> None:
-    """B4: a new instance sees 4 of 5 failures; the fifth from anyone opens."""
+    """A new instance reads 4 of 5 failures, and the fifth from anyone opens."""
     config = BreakerConfig(
         failure_threshold=5, failure_rate_threshold=0, state_cache_ttl=0
     )
@@ -269,7 +269,7 @@ def test_construction_writes_nothing(
 
 
 def test_stale_failure_ignored(make_breaker: BreakerFactory, clock: FakeClock) -> None:
-    """B5: a call from before the opening fails after a probe closed it."""
+    """A call from before the opening fails after a probe closed it."""
     slow_caller = make_breaker()
     late = slow_caller.acquire()  # GIVEN a call started while closed
     other = make_breaker()

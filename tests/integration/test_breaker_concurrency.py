@@ -55,7 +55,7 @@ def test_probe_herd_admits_one(
     database: Database,
     downstream: Downstream,
 ) -> None:
-    """B1: 20 callers at cooldown end; one probe reaches the failing service."""
+    """20 callers at cooldown end: one probe reaches the failing service."""
     config = BreakerConfig(failure_threshold=5, reset_timeout=30)
     recorder = PostgresRecorder(database)
     opener = CircuitBreaker("payments", config, store=make_store(), clock=clock)
@@ -159,7 +159,7 @@ def run_interleaved(
 def test_alternating_failures_open_within_40(
     make_store: Callable[..., KeyValueStore], clock: FakeClock
 ) -> None:
-    """B3: 50 % failures across 4 instances open the breaker within 40 calls."""
+    """50 % failures across 4 instances open the breaker within 40 calls."""
     calls_before_open, breaker = run_interleaved(
         make_store, clock, fails=lambda index: index % 2 == 1
     )
@@ -173,7 +173,7 @@ def test_alternating_failures_open_within_40(
 def test_ten_percent_failures_stay_closed(
     make_store: Callable[..., KeyValueStore], clock: FakeClock
 ) -> None:
-    """B3: 10 % failures over 1,000 calls leave the breaker closed."""
+    """10 % failures over 1,000 calls leave the breaker closed."""
     calls_before_open, breaker = run_interleaved(
         make_store, clock, fails=lambda index: index % 10 == 9
     )

@@ -1,4 +1,4 @@
-"""B6: the store goes away; calls go on under the policy; state resumes after."""
+"""The store goes away: calls go on under the policy, and state resumes after."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_upstash_outage_then_resume(
         assert breaker.snapshot().state is BreakerState.OPEN
         caplog.set_level(logging.WARNING, logger="resilience.breaker")
 
-        bridge.set_mode(mode)  # WHEN Upstash answers 500 or never answers
+        bridge.set_mode(mode)  # WHEN Upstash responds with 500 or not at all
         fresh = CircuitBreaker("upstash-down", CONFIG, store=store)
         durations = [timed_call(fresh) for _ in range(3)]
 
