@@ -253,7 +253,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
             body, org_id=org_id_from_record(raw), caller=None, app_url=None
         )
     except ValidationError as exc:
-        # Bad input is final: answer once instead of retrying until the DLQ.
+        # Bad input is final: reply once instead of retrying until the DLQ.
         logger.warning("escalation.request_invalid", extra={"error": str(exc)})
         result = {"error": "validation_error", "message": str(exc), "field": exc.field}
     send_reply(raw, result)

@@ -155,7 +155,7 @@ def start(harness: Harness) -> dict[str, Any]:
 def test_opening_link_and_waiting_changes_nothing(
     site: tuple[Harness, str], page: Any, database: Database
 ) -> None:
-    """E2: a real browser opens the link and waits 2 s: still pending."""
+    """A real browser opens the link and waits 2 s: still pending."""
     harness, _ = site
     started = start(harness)
 

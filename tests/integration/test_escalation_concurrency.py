@@ -88,7 +88,7 @@ def test_fifty_concurrent_posts_one_winner(
 
 
 def test_parallel_connections_one_winner(harness: Harness, database_url: str) -> None:
-    """E3 on separate database connections, as separate Lambda containers."""
+    """Three clicks within moments, on separate connections like separate Lambdas."""
     started = start(harness)
     shared = get_service()
     calls = count_task_calls()

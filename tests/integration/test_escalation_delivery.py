@@ -1,4 +1,4 @@
-"""E8: a decision Step Functions does not accept is kept, retried and alerted."""
+"""A decision Step Functions does not accept is kept, retried and alerted."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class ThrottlingStepFunctions(BaseHTTPRequestHandler):
-    """Answers every Step Functions call with ThrottlingException (HTTP 400)."""
+    """Respond to every Step Functions call with ThrottlingException (HTTP 400)."""
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
@@ -116,7 +116,7 @@ def test_throttled_delivery_kept_and_retried(
     assert first["alerted"] == [started["id"]]
     assert second["alerted"] == []
 
-    # THEN once Step Functions answers again, the operator command delivers it
+    # THEN once Step Functions accepts calls again, the operator command delivers it
     monkeypatch.setattr(service, "stepfunctions", real_client)
     capsys.readouterr()
     assert cli.main(["redeliver"]) == 0

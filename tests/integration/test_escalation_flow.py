@@ -139,7 +139,7 @@ def test_cancel_by_someone_else_is_forbidden(harness: Harness) -> None:
 def test_expiry_is_expired_not_rejected(
     harness: Harness, slack: SlackStandIn, database: Database
 ) -> None:
-    """E6: a 2 s timeout with no answer ends expired, resolved by the system."""
+    """A 2 s timeout with no decision ends expired, resolved by the system."""
     started = start_and_notify(harness, timeoutSeconds=2, source={"pattern": "test"})
     assert len(slack_calls(slack, "chat.postMessage")) == 1
 
@@ -159,7 +159,7 @@ def test_expiry_is_expired_not_rejected(
 
 
 def test_scanner_prefetch_changes_nothing(harness: Harness, database: Database) -> None:
-    """E1: HEAD, then GET with extra query and a headless agent, then a click."""
+    """HEAD, then GET with extra query and a headless agent, then a click."""
     started = start_and_notify(harness)
     url = started["approvalUrl"]
     scanner = {"user-agent": "Mozilla/5.0 HeadlessChrome/120.0 Slackbot-LinkExpanding"}
@@ -193,7 +193,7 @@ def test_preview_metadata_has_no_sensitive_data(harness: Harness) -> None:
 
 
 def test_used_link_refused_before_step_functions(harness: Harness) -> None:
-    """E5: approve, then a stale reject: refused by the database, no call."""
+    """Approve, then a stale reject: refused by the database, no call."""
     started = start_and_notify(harness)
     url = started["approvalUrl"]
     opened = harness.open_link(url)
@@ -210,7 +210,7 @@ def test_used_link_refused_before_step_functions(harness: Harness) -> None:
 
 
 def test_token_gone_shows_resolved_page(harness: Harness, database: Database) -> None:
-    """E5: Step Functions reports the token gone: a clear page, no 500."""
+    """Step Functions reports the token gone: a clear page, no 500."""
     started = start_and_notify(harness)
     service = get_service()
     with database.transaction() as connection:
@@ -243,7 +243,7 @@ def test_token_gone_shows_resolved_page(harness: Harness, database: Database) ->
 def test_bad_decision_body_changes_nothing(
     harness: Harness, database: Database, body: dict[str, Any]
 ) -> None:
-    """E7: 422, still pending, no outbox row, the execution still waits."""
+    """422, still pending, no outbox row, the execution still waits."""
     started = start_and_notify(harness)
 
     answer = harness.post_json(started["approvalUrl"], body)
@@ -269,7 +269,7 @@ def test_invalid_edited_data_is_422(harness: Harness) -> None:
 
 
 def test_state_machine_never_approves_missing_decision(harness: Harness) -> None:
-    """E7: task output without an approve decision fails the execution."""
+    """Task output without an approve decision fails the execution."""
     started = harness.start({"data": {"a": 1}, "reason": "check"})
     message = harness.stack.receive(harness.stack.notify_url)[0]
     token = json.loads(message["Body"])["taskToken"]
@@ -283,7 +283,7 @@ def test_state_machine_never_approves_missing_decision(harness: Harness) -> None
 
 
 def test_click_before_notify_is_delivered_after(harness: Harness) -> None:
-    """E9: the row exists at once; a decision before the token waits for it."""
+    """The row exists at once; a decision before the token waits for it."""
     started = harness.start({"data": {"a": 1}, "reason": "quick"})
     assert harness.status(started["id"])["status"] == "pending"
 
@@ -299,7 +299,7 @@ def test_click_before_notify_is_delivered_after(harness: Harness) -> None:
 def test_redelivered_notify_posts_once(
     harness: Harness, slack: SlackStandIn, database: Database
 ) -> None:
-    """E11: the same notify message twice: one Slack post, one token row."""
+    """The same notify message twice: one Slack post, one token row."""
     started = harness.start({"data": {"a": 1}, "reason": "twice"})
     message = harness.stack.receive(harness.stack.notify_url)[0]
     for _ in range(2):
@@ -390,3 +390,25 @@ def test_kms_envelope_round_trip(moto_endpoint: str) -> None:
     # KMS refuses to decrypt the data key under another encryption context.
     with pytest.raises(ClientError, match="InvalidCiphertextException"):
         encryptor.decrypt(blob, escalation_id="esc-2", purpose="data")
+
+
+def test_webhook_only_posts_once_and_never_updates(
+    app_env: dict[str, str],
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    slack: SlackStandIn,
+) -> None:
+    """Without a bot token the notification goes to the webhook, once."""
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"{slack.url}/services/T0/B0/x")
+    for harness in harness_for_test(moto_endpoint, monkeypatch):
+        started = harness.start({"data": {"a": 1}, "reason": "webhook only"})
+        harness.pump_notify()
+        harness.submit_form(started["approvalUrl"], {"decision": "approve"})
+        harness.pump_resume()
+
+        paths = [entry["path"] for entry in slack.recorded]
+        assert paths == ["/services/T0/B0/x"]
+        body = slack.recorded[0]["body"]
+        assert "webhook only" in body["text"]
+        assert "actions" not in json.dumps(body["blocks"])
+        assert harness.status(started["id"])["status"] == "approved"

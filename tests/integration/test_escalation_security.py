@@ -158,7 +158,7 @@ def test_tampered_link_is_403(harness: Harness, database: Database, part: str) -
 
 
 def test_correctly_signed_but_never_issued_link_is_403(harness: Harness) -> None:
-    """E10: even with the signing key, a link not issued for bob's row fails."""
+    """Even with the signing key, a link not issued for bob's row fails."""
     started = start_deploy(harness, approvers=["alice@example.com"])
     expires = int(time.time()) + 3600
     url, _ = LinkSigner(LINK_KEY.encode()).build_url(
@@ -243,7 +243,7 @@ def test_form_from_other_site_is_403(harness: Harness) -> None:
 def test_slack_action_base64_body_approves(
     harness: Harness, database: Database
 ) -> None:
-    """E4: a signed action that API Gateway base64-encoded is verified."""
+    """A signed action that API Gateway base64-encoded is verified."""
     started = start_deploy(harness)
 
     answer = harness.call(slack_action(started["id"], "approve", "U111"))
@@ -258,7 +258,7 @@ def test_slack_action_base64_body_approves(
 
 @pytest.mark.parametrize("case", ["tampered", "old", "missing_header"])
 def test_slack_action_rejected_with_401(harness: Harness, case: str) -> None:
-    """E4: one changed byte, a 301-second-old timestamp or no headers: 401."""
+    """One changed byte, a 301-second-old timestamp or no headers: 401."""
     started = start_deploy(harness)
     events = {
         "tampered": slack_action(started["id"], "approve", "U111", tamper=True),
@@ -288,7 +288,7 @@ def test_slack_replay_is_401(harness: Harness) -> None:
 def test_slack_user_outside_allow_list_refused(
     harness: Harness, database: Database
 ) -> None:
-    """E10: refused, audited, still pending."""
+    """Refused, audited, still pending."""
     started = start_deploy(harness)
 
     answer = harness.call(slack_action(started["id"], "approve", "U999"))

@@ -2,9 +2,9 @@
 
 A Step Functions execution (a Standard workflow) waits on a task token for
 each escalation. Approvers decide through signed links, one per approver, or
-Slack buttons; one conditional UPDATE in PostgreSQL picks the single winning
-decision, and only the winner's decision is delivered to Step Functions, from
-an outbox that retries. Outcomes: ``approved``, ``rejected``, ``cancelled``
+Slack buttons. One conditional UPDATE in PostgreSQL picks the single winning
+decision. Only the winner's decision is delivered to Step Functions, from an
+outbox that retries. Outcomes: ``approved``, ``rejected``, ``cancelled``
 and ``expired``. Data and task tokens are encrypted at rest.
 
 Start one from any pattern::

@@ -60,7 +60,7 @@ ENV_REMINDER_AFTER = "ESCALATION_REMINDER_AFTER_S"
 
 @dataclass(frozen=True)
 class EscalationType:
-    """Who may decide escalations of one type, and how long they wait."""
+    """Allow-list, self-approval rule and timeout of one escalation type."""
 
     name: str
     approvers: tuple[str, ...] = ()

@@ -3,7 +3,7 @@
 A decision is committed to ``escalation_outbox`` together with the winning
 UPDATE. Delivery claims the row with a lease (status ``delivering``), so only
 one process calls SendTaskSuccess or SendTaskFailure at a time, and records
-the result: ``delivered``; ``gone`` when Step Functions no longer knows the
+the result: ``delivered``; ``gone`` when Step Functions no longer accepts the
 token (TaskTimedOut, InvalidToken, TaskDoesNotExist); or back to ``pending``
 with a later ``next_attempt_at`` when the call failed in a way that retrying
 can fix (throttling, a timeout, a 5xx answer).

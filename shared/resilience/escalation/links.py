@@ -3,9 +3,9 @@
 The signature is HMAC-SHA256 over the escalation id, the approver and the
 expiry (Unix seconds), so none of them can be changed without the key. A link
 never contains the Step Functions task token. The database stores only the
-SHA-256 of each signature, and a link counts only when that hash matches the
-row issued for its approver, so a correctly signed link that was never issued
-(or was issued for another escalation) is rejected too.
+SHA-256 of each signature. A link counts only when that hash matches the row
+issued for its approver, so a correctly signed link that was never issued (or
+was issued for another escalation) is rejected too.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def hash_secret(secret: str) -> str:
 
 @dataclass(frozen=True)
 class LinkClaims:
-    """What a verified link states: which escalation, whose link, until when."""
+    """Claims of a verified link: escalation id, approver and expiry."""
 
     escalation_id: str
     approver: str

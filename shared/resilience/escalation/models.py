@@ -31,7 +31,7 @@ Delivery = Literal["delivered", "pending", "gone"]
 
 @dataclass(frozen=True)
 class EscalationStarted:
-    """Answer of :func:`~resilience.escalation.start_escalation`."""
+    """Result of :func:`~resilience.escalation.start_escalation`."""
 
     id: str
     status: str
@@ -121,7 +121,7 @@ class EscalationRecord:
 
 @dataclass(frozen=True)
 class DecisionResult:
-    """What became of a winning decision: delivered to Step Functions or not."""
+    """Delivery state of a winning decision, as Step Functions saw it."""
 
     escalation_id: str
     outcome: str

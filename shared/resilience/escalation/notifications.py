@@ -101,7 +101,7 @@ def notify(service: EscalationService, slack: SlackClient, escalation_id: str) -
 
     States: ``posted`` (Web API, updatable), ``posted_webhook``, ``skipped``
     (Slack not configured), ``failed`` (retried by the reminder), or the
-    current state when another process holds the claim or it was done.
+    current state when another process has the claim or it was done.
     """
     with service.database.transaction() as connection:
         claimed = connection.execute(

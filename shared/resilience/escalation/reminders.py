@@ -1,7 +1,7 @@
 """The scheduled sweep: reminders, failed notifications, undelivered decisions.
 
 Run every 15 minutes by the reminder function. It emits
-``EscalationsPendingOver2h`` (the count, 0 included, so the alarm sees data),
+``EscalationsPendingOver2h`` (the count, 0 included, so the alarm always receives data),
 reminds approvers of each escalation pending longer than
 ``ESCALATION_REMINDER_AFTER_S`` at most once per that period, retries failed
 notifications, and retries decisions that Step Functions has not accepted,

@@ -42,7 +42,7 @@ BUILT_IN_RESUMERS = {"batch": "resilience.batch:resume_from_escalation"}
 
 @dataclass(frozen=True)
 class EscalationOutcome:
-    """What a resumer receives: the final outcome and, when approved, the data."""
+    """Final outcome passed to a resumer, with the data when approved."""
 
     escalation_id: str
     outcome: str

@@ -71,8 +71,8 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 def stepfunctions_client() -> Any:
     """Return a Step Functions client with short timeouts (endpoint from env).
 
-    One attempt per call, bounded to about 3 s, because a Slack action must be
-    answered within 3 s; the outbox retries a failed delivery later.
+    One attempt per call, bounded to about 3 s, because Slack expects the
+    response to an action within 3 s. The outbox retries a failed delivery.
     """
     import boto3
 
@@ -375,9 +375,7 @@ class EscalationService:
             if not escalation_type.approvers and record.approvers == [ANYONE]:
                 allowed = True
         else:
-            allowed = actor in record.approvers and (
-                actor == ANYONE or escalation_type.allows(actor)
-            )
+            allowed = actor in record.approvers and escalation_type.allows(actor)
         if not allowed:
             self._refuse(record, decision, "not_allowed")
             raise ForbiddenError(
@@ -475,7 +473,7 @@ class EscalationService:
     # ------------------------------------------------------------ deliver
 
     def deliver(self, escalation_id: str) -> DecisionResult:
-        """Deliver the escalation's undelivered decision if no one else holds it."""
+        """Deliver the undelivered decision unless another process has leased it."""
         with self.database.transaction() as connection:
             claimed = delivery.claim(connection, escalation_id)
         if claimed is None:

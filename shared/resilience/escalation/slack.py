@@ -178,7 +178,11 @@ class SlackClient:
         self._http = httpx.Client(timeout=timeout_s)
 
     def __repr__(self) -> str:
-        mode = "web_api" if self.bot_token else "webhook" if self.webhook_url else "off"
+        mode = "off"
+        if self.bot_token:
+            mode = "web_api"
+        elif self.webhook_url:
+            mode = "webhook"
         return f"<SlackClient mode={mode}>"
 
     @property
@@ -236,7 +240,7 @@ class SlackClient:
             response = self._http.post(url, json=payload, headers=headers)
         except httpx.TimeoutException as exc:
             raise UpstreamConnectionError(
-                "Slack did not answer in time", service="slack"
+                "Slack did not respond in time", service="slack"
             ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamConnectionError(
@@ -244,7 +248,7 @@ class SlackClient:
             ) from exc
         if response.status_code >= 400:
             raise UpstreamServerError(
-                f"Slack answered HTTP {response.status_code}",
+                f"Slack responded with HTTP {response.status_code}",
                 service="slack",
                 status=response.status_code,
             )

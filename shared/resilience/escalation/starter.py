@@ -24,8 +24,8 @@ def start_execution(
 ) -> str:
     """Start the execution named ``escalation_id`` and store its ARN.
 
-    When Step Functions refuses, the escalation is marked ``failed`` (nobody
-    can decide it any more) and the error is raised.
+    When Step Functions rejects the call, the escalation is marked ``failed``
+    (no decision can reach it any more) and the error is raised.
 
     Raises:
         ConfigError: ``STATE_MACHINE_ARN`` is not set.

@@ -1,7 +1,7 @@
 """Validation of escalation requests and decision bodies.
 
 Errors are :class:`~resilience.errors.ValidationError` naming the field; the
-handlers answer 400 for a bad escalation request and 422 for a bad decision.
+handlers return 400 for a bad escalation request and 422 for a bad decision.
 """
 
 from __future__ import annotations

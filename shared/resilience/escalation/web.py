@@ -4,10 +4,14 @@ Framework-free, so the Lambda handler, the local gateway and tests share it:
 the caller passes an :class:`ApprovalRequest` and turns the returned
 :class:`PageResponse` into its own response type.
 
-Status codes: 200 shown or delivered; 202 decision recorded but not yet
-accepted by Step Functions (retried from the outbox); 403 tampered, forged or
-not-allowed link, or a failed CSRF check; 404 unknown escalation; 409 already
-decided; 410 expired; 422 invalid decision body.
+Status codes:
+
+- 200: shown, or the decision was delivered.
+- 202: decision recorded, not yet accepted by Step Functions (the outbox
+  retries it).
+- 403: tampered, forged or not-allowed link, or a failed CSRF check.
+- 404: unknown escalation. 409: already decided. 410: expired.
+- 422: invalid decision body.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class PageResponse:
 def handle_approval(
     service: EscalationService, request: ApprovalRequest
 ) -> PageResponse:
-    """Answer one approval-link request (see the module docstring)."""
+    """Handle one approval-link request (see the module docstring)."""
     method = request.method.upper()
     try:
         record, claims = service.check_link(request.escalation_id, request.query)
