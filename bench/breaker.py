@@ -7,7 +7,7 @@ Measures on one Redis, in one run:
   pipeline is one request).
 - Median and p90 time per guarded no-op call in the closed state, for this
   breaker, for pybreaker 1.4 with ``CircuitRedisStorage``, and for a bare
-  ``PING``; ratios are taken against the PING median of the same run.
+  ``PING``. Ratios are taken against the PING of the same run.
 - How many of 20 concurrent callers (separate clients) reach a failing
   service when the cooldown ends (``half_open_max_calls`` = 1).
 
