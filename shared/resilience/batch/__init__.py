@@ -23,6 +23,7 @@ from resilience.batch.models import (
     idempotency_key,
     payload_hash,
 )
+from resilience.batch.operations import resume_from_escalation
 from resilience.batch.processors import (
     EchoProcessor,
     ItemContext,
@@ -51,4 +52,5 @@ __all__ = [
     "idempotency_key",
     "payload_hash",
     "process_batch",
+    "resume_from_escalation",
 ]

@@ -67,6 +67,7 @@ class Reason(StrEnum):
     GROUP_FAILED = "group_failed"
     DATABASE_UNAVAILABLE = "database_unavailable"
     ESCALATION_FAILED = "escalation_failed"
+    ESCALATION_APPROVED = "escalation_approved"
     TRANSIENT_ERROR = "transient_error"
     # Final: retrying the same request cannot help.
     MISSING_ITEM_ID = "missing item id"
@@ -77,7 +78,9 @@ class Reason(StrEnum):
     VALIDATION_ERROR = "validation_error"
     PROCESSOR_ERROR = "processor_error"
     ESCALATED = "escalated"
-    REJECTED = "rejected"
+    ESCALATION_REJECTED = "escalation_rejected"
+    ESCALATION_EXPIRED = "escalation_expired"
+    ESCALATION_CANCELLED = "escalation_cancelled"
 
 
 RETRYABLE_REASONS = frozenset(
@@ -95,6 +98,7 @@ RETRYABLE_REASONS = frozenset(
         Reason.GROUP_FAILED,
         Reason.DATABASE_UNAVAILABLE,
         Reason.ESCALATION_FAILED,
+        Reason.ESCALATION_APPROVED,
         Reason.TRANSIENT_ERROR,
     }
 )

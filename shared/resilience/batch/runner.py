@@ -20,7 +20,9 @@ A run goes through these steps:
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -183,6 +185,7 @@ class BatchRunner:
     ) -> list[_Work]:
         work: list[_Work] = []
         first_by_key: dict[str, _Work] = {}
+        processors: dict[str, Processor] = {}
         for index, item in enumerate(items):
             item_id = validate_item_id(item.item_id)
             if item_id is None:
@@ -190,7 +193,8 @@ class BatchRunner:
                 continue
             name = item.processor or self.settings.default_processor
             try:
-                processor = self.registry.get(name)
+                processor = processors.get(name) or self.registry.get(name)
+                processors[name] = processor
                 digest = payload_hash(item.data, processor=name, org_id=item.org_id)
             except (ValidationError, ConfigError) as error:
                 reason = (
@@ -397,6 +401,14 @@ class BatchRunner:
             estimate_s=estimate,
         )
         attempts = w.base_attempts + outcome.calls
+        if outcome.ok and not _is_json(outcome.output):
+            return ItemResult(
+                w.item,
+                ItemStatus.FAILED,
+                attempts=attempts,
+                reason=str(Reason.PROCESSOR_ERROR),
+                error=f"processor {w.processor.name!r} returned non-JSON output",
+            )
         if outcome.ok:
             return ItemResult(
                 w.item, ItemStatus.COMPLETED, attempts=attempts, output=outcome.output
@@ -584,6 +596,16 @@ def process_batch(
 
 
 # ------------------------------------------------------------ result helpers
+
+
+def _is_json(value: Any) -> bool:
+    if value is None or isinstance(value, str | int | float | bool):
+        return not isinstance(value, float) or math.isfinite(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _id_error(item: BatchItem) -> str:
