@@ -14,13 +14,18 @@ __all__ = ["clear_breakers", "default_listeners", "get_breaker"]
 
 _breakers: dict[str, CircuitBreaker] = {}
 _lock = threading.Lock()
+_recorder: PostgresRecorder | None = None
 
 
 def default_listeners(*, critical: bool = False) -> list[TransitionListener]:
     """Return the PostgreSQL recorder (when a database is configured) and alerts."""
+    global _recorder
     listeners: list[TransitionListener] = []
     if os.environ.get("DATABASE_URL") or os.environ.get("DATABASE_URL_SECRET"):
-        listeners.append(PostgresRecorder())
+        # One recorder, so every breaker of the container shares one connection.
+        if _recorder is None:
+            _recorder = PostgresRecorder()
+        listeners.append(_recorder)
     listeners.append(OpeningNotifier(critical=critical))
     return listeners
 
@@ -57,5 +62,9 @@ def get_breaker(
 
 def clear_breakers() -> None:
     """Forget every cached breaker (tests, or after the environment changed)."""
+    global _recorder
     with _lock:
         _breakers.clear()
+        if _recorder is not None and _recorder.database is not None:
+            _recorder.database.close()
+        _recorder = None
