@@ -1,8 +1,8 @@
 """Hypothesis drives breakers on Redis and compares them with a reference model.
 
-Random outcomes, clock steps, instances, ``open_until`` and resets; after
-every step the stored state must equal the model's, and every acquire must
-get the verdict the model predicts.
+Hypothesis picks random outcomes, clock steps, instances, ``open_until`` and
+resets. After every step the stored state must equal the model's, and every
+acquire must get the verdict the model predicts.
 """
 
 from __future__ import annotations
