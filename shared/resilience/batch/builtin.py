@@ -22,6 +22,9 @@ from resilience.errors import (
 
 __all__ = ["LLMProcessor", "ServiceProcessor"]
 
+# The provider name of the chain's template answer.
+TEMPLATE_PROVIDER = "local"
+
 _TAKEOVER_POLICIES = ("retry", "escalate")
 
 
@@ -116,8 +119,10 @@ class LLMProcessor:
     """Complete a prompt through the fallback chain (``resilience.llm``).
 
     The item's data is ``{"prompt": "..."}`` or ``{"messages": [...]}`` with
-    optional ``maxTokens``. An answer from the template alone is a retryable
-    failure (``degraded``) unless the option ``acceptDegraded`` is true.
+    optional ``maxTokens``. An answer from the local template (every provider
+    failed) is a retryable failure (``degraded``) unless the option
+    ``acceptDegraded`` is true; an answer from a later provider of the chain
+    completes the item.
 
     Options: ``acceptDegraded`` (default false), ``tier`` (default
     ``default``), ``expectedDurationS`` (default 5.0).
@@ -172,7 +177,9 @@ class LLMProcessor:
             raise TransientError(
                 f"LLM chain failed: {result.reason or 'no reason given'}"
             )
-        if result.degraded and not self.accept_degraded:
+        # The chain marks any answer after its first step as degraded; only an
+        # answer from the local template alone makes the item fail.
+        if result.provider == TEMPLATE_PROVIDER and not self.accept_degraded:
             raise DegradedAnswerError(
                 "only the template answered; retry when a provider is back, or "
                 "set acceptDegraded on this processor"

@@ -129,7 +129,12 @@ def process_sqs_event(
 
     parsed = _skip_failed_groups([parse_record(record) for record in records], fifo)
     items = [p for p in parsed if isinstance(p, BatchItem)]
-    run = runner.run(items, context=context, fifo=fifo)
+    run = runner.run(
+        items,
+        context=context,
+        run_id=getattr(context, "aws_request_id", None),
+        fifo=fifo,
+    )
     by_message = _results_by_message(parsed, run)
 
     def record_handler(record: SQSRecord) -> Any:
