@@ -14,7 +14,8 @@ SQS event of the template:
   timeout, and moto moves a message to the DLQ named in the queue's
   RedrivePolicy once it has been received ``maxReceiveCount`` times;
 - FIFO queues keep message-group order because SQS hands out no further
-  message of a group while one is in flight.
+  message of a group while one is in flight. The poller makes the failed
+  messages of a FIFO batch visible again together, in order.
 
 ``retry_visibility_s`` shortens the wait before a failed message is retried
 (a local speed-up; in AWS the queue's visibility timeout applies).
@@ -125,12 +126,19 @@ class SqsPoller(_Loop):
         self.queue_url = queue_url
         self.region = region
         self.retry_visibility_s = retry_visibility_s
+        self.fifo = queue_url.endswith(".fifo")
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["VisibilityTimeout"]
+        )["Attributes"]
+        self.visibility_timeout_s = int(attributes.get("VisibilityTimeout", 30))
+        self._pending_returns: list[tuple[float, list[str]]] = []
 
     def __repr__(self) -> str:
         name = f"{self.event.function}.{self.event.event_name}"
         return f"<SqsPoller {name} {self.queue_url}>"
 
     def run_once(self) -> None:
+        self._release_due_returns()
         messages = self._receive_batch()
         if not messages:
             return
@@ -252,6 +260,18 @@ class SqsPoller(_Loop):
                 )
 
     def _hand_back(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        if self.fifo:
+            # NOTE: moto 5.2 hands out a later message of a FIFO group first
+            # when several messages of the group become visible again by
+            # timeout. Making them visible at once, in order, avoids that.
+            delay = self.retry_visibility_s
+            if delay is None:
+                delay = max(self.visibility_timeout_s - 1, 0)
+            handles = [record["receiptHandle"] for record in records]
+            self._pending_returns.append((time.monotonic() + delay, handles))
+            return
         if self.retry_visibility_s is None:
             return
         for record in records:
@@ -260,6 +280,16 @@ class SqsPoller(_Loop):
                 ReceiptHandle=record["receiptHandle"],
                 VisibilityTimeout=self.retry_visibility_s,
             )
+
+    def _release_due_returns(self) -> None:
+        now = time.monotonic()
+        due = [entry for entry in self._pending_returns if entry[0] <= now]
+        self._pending_returns = [e for e in self._pending_returns if e[0] > now]
+        for _, handles in due:
+            for handle in handles:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=handle, VisibilityTimeout=0
+                )
 
 
 class SchedulePoller(_Loop):
