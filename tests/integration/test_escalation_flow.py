@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from local.embedded import free_port
 from local.standins import SlackStandIn
 from resilience.db import Database
+from resilience.escalation.models import Decision
 from resilience.escalation.service import get_service
 from tests.escalation_support import (
     RESUMED,
@@ -412,3 +414,120 @@ def test_webhook_only_posts_once_and_never_updates(
         assert "webhook only" in body["text"]
         assert "actions" not in json.dumps(body["blocks"])
         assert harness.status(started["id"])["status"] == "approved"
+
+
+def test_sqs_request_starts_and_replies(harness: Harness) -> None:
+    stack = harness.stack
+    reply_url = stack.sqs.create_queue(QueueName=f"replies-{id(harness)}")["QueueUrl"]
+    good = {"data": {"a": 1}, "reason": "from a queue"}
+    bad = {"data": {"a": 1}}
+    records = []
+    for index, body in enumerate((good, bad)):
+        records.append(
+            {
+                "messageId": f"m{index}",
+                "receiptHandle": f"r{index}",
+                "body": json.dumps(body),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {
+                    "replyTo": {"stringValue": reply_url, "dataType": "String"},
+                    "orgId": {"stringValue": "acme", "dataType": "String"},
+                },
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+    """A run started through StartExecution alone is registered by notify."""
+                "awsRegion": "us-east-1",
+            }
+        )
+
+    answer = harness.app.lambda_handler({"Records": records}, LambdaContextStandIn())
+
+    assert answer == {"batchItemFailures": []}
+    replies = [json.loads(m["Body"]) for m in stack.receive(reply_url, wait_s=2)]
+    started = next(reply for reply in replies if "id" in reply)
+    invalid = next(reply for reply in replies if "error" in reply)
+    assert started["status"] == "pending"
+    assert started["approvalUrl"].startswith("https://approvals.test/approvals/")
+    assert invalid["field"] == "reason"
+    record = get_service().get(started["id"])
+    assert record.org_id == "acme"
+
+
+def test_other_org_cannot_read_escalation(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRUST_ORG_ID_HEADER", "true")
+    started = harness.start({"data": {"a": 1}, "reason": "org scoped"})
+
+    other = harness.call(
+        http_event(
+            "GET",
+            f"https://approvals.test/escalations/{started['id']}",
+            headers={"x-org-id": "other-org"},
+        )
+    )
+
+    assert other["statusCode"] == 404
+    assert harness.status(started["id"])["status"] == "pending"
+
+
+def test_execution_started_elsewhere_gets_its_row(harness: Harness) -> None:
+    """An execution started straight through StartExecution is registered by notify."""
+    stack = harness.stack
+    stack.sfn.start_execution(
+        stateMachineArn=stack.state_machine_arn,
+        name="esc-direct-1",
+        input=json.dumps(
+            {
+                "escalationId": "esc-direct-1",
+                "data": {"answer": "draft"},
+                "reason": "flagged for review",
+                "orgId": "default",
+                "escalationType": "default",
+                "timeoutSeconds": 600,
+                "source": {"pattern": "test"},
+                "appUrl": "https://approvals.test",
+            }
+        ),
+    )
+
+    harness.pump_notify()
+    record = get_service().get("esc-direct-1")
+    decided = get_service().decide(
+        "esc-direct-1", Decision(kind="approve", actor="anyone", channel="api")
+    )
+
+    assert record.data == {"answer": "draft"}
+    assert record.has_task_token
+    assert decided.delivery == "delivered"
+    assert stack.execution_status("esc-direct-1") == "SUCCEEDED"
+    harness.pump_resume()
+    assert [r.data for r in RESUMED] == [{"answer": "draft"}]
+
+
+def test_sweep_retries_failed_notification(
+    harness: Harness,
+    slack: SlackStandIn,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN Slack unreachable when the escalation is notified
+    monkeypatch.setenv("SLACK_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    started = start_and_notify(harness)
+    assert get_service().get(started["id"]).notify_state == "failed"
+    with database.transaction() as connection:
+        connection.execute(
+            "UPDATE escalation_token "
+            "SET notify_claimed_at = now() - interval '10 minutes' "
+            "WHERE task_run_id = %s",
+            (started["id"],),
+        )
+
+    # WHEN Slack is back and the sweep runs
+    monkeypatch.setenv("SLACK_API_URL", f"{slack.url}/api")
+    report = harness.reminder.lambda_handler({}, LambdaContextStandIn())
+
+    # THEN the notification is posted once
+    assert report["renotified"] == [started["id"]]
+    assert len(slack_calls(slack, "chat.postMessage")) == 1
+    assert get_service().get(started["id"]).notify_state == "posted"
