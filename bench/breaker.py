@@ -123,7 +123,7 @@ def setup_ours(url: str, prefix: str) -> tuple[Callable[[], None], dict[str, flo
     trips["open"] = count_round_trips(rejected, 1000)
     clock.now += 31
     trips["half_open_probe"] = count_round_trips(guarded(opener), 1)
-    store.delete(*[f"breaker:{{bench-states}}{s}" for s in ("", ":window", ":probes")])
+    store.delete("breaker:bench-states")
 
     timed = CircuitBreaker("bench", BreakerConfig(), store=store)
     return guarded(timed), trips
@@ -178,7 +178,7 @@ def probe_herd(url: str, prefix: str, callers: int = 20) -> int:
         thread.start()
     for thread in threads:
         thread.join()
-    stores[0].delete(*[f"breaker:{{herd}}{s}" for s in ("", ":window", ":probes")])
+    stores[0].delete("breaker:herd")
     for store in stores:
         store.close()
     return admitted

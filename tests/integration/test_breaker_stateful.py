@@ -127,9 +127,7 @@ class BreakerMachine(RuleBasedStateMachine):
         return self.now_ms / 1000
 
     def teardown(self) -> None:
-        self.stores[0].delete(
-            "breaker:{model}", "breaker:{model}:window", "breaker:{model}:probes"
-        )
+        self.stores[0].delete("breaker:model")
         for store in self.stores:
             store.close()
 

@@ -29,10 +29,5 @@ SNAPSHOT = _load("snapshot")
 
 
 def breaker_keys(name: str) -> list[str]:
-    """Return the state, window and probe keys of breaker ``name``.
-
-    The braces are a Redis Cluster hash tag: the three keys land in one slot,
-    which a multi-key script requires there.
-    """
-    base = f"breaker:{{{name}}}"
-    return [base, f"{base}:window", f"{base}:probes"]
+    """Return the keys of breaker ``name``: one hash holds its whole state."""
+    return [f"breaker:{name}"]

@@ -19,19 +19,21 @@ end
 
 if st == 'half_open' then
   -- Leases whose holder never reported free their slot when they end.
-  local leases = redis.call('HGETALL', probe_key)
+  local fields = redis.call('HGETALL', key)
   local active, earliest = 0, nil
-  for i = 1, #leases, 2 do
-    local lease_end = tonumber(leases[i + 1])
-    if lease_end <= now then
-      redis.call('HDEL', probe_key, leases[i])
-    else
-      active = active + 1
-      if earliest == nil or lease_end < earliest then earliest = lease_end end
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'p:' then
+      local lease_end = tonumber(fields[i + 1])
+      if lease_end <= now then
+        redis.call('HDEL', key, fields[i])
+      else
+        active = active + 1
+        if earliest == nil or lease_end < earliest then earliest = lease_end end
+      end
     end
   end
   if active < max_probes then
-    redis.call('HSET', probe_key, probe_id, int(now + lease_ms))
+    redis.call('HSET', key, 'p:' .. probe_id, int(now + lease_ms))
     return reply('probe', st, gen, fails, 0, prev, 0)
   end
   return reply('reject', st, gen, fails, 0, prev, earliest - now)

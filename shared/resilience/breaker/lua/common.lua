@@ -1,9 +1,10 @@
 -- Shared prelude of every breaker script. The caller sends the time, so all
 -- instances and the tests use one clock: ARGV[1] is "now" in epoch ms.
--- KEYS[1] state hash (state, gen, fails, opened_until, changed_at)
--- KEYS[2] window hash (c<bucket> calls and f<bucket> failures per time bucket)
--- KEYS[3] probe hash (probe id -> lease end in epoch ms)
-local state_key, window_key, probe_key = KEYS[1], KEYS[2], KEYS[3]
+-- KEYS[1] is the breaker's one hash. Its fields: state, gen, fails,
+-- opened_until, changed_at; c<bucket> and f<bucket>, the calls and failures
+-- of one time bucket; p:<probe id>, the lease end of a probe in epoch ms.
+-- One key keeps EVALSHA short, which is most of a closed-state call's cost.
+local key = KEYS[1]
 local now = tonumber(ARGV[1])
 
 local function int(n)
@@ -11,7 +12,7 @@ local function int(n)
 end
 
 local function load()
-  local v = redis.call('HMGET', state_key, 'state', 'gen', 'fails', 'opened_until')
+  local v = redis.call('HMGET', key, 'state', 'gen', 'fails', 'opened_until')
   return v[1] or 'closed', tonumber(v[2] or '0'), tonumber(v[3] or '0'),
     tonumber(v[4] or '0')
 end
@@ -29,8 +30,8 @@ end
 -- empty window and no probe leases.
 local function transition(to, gen, fails, until_ms)
   gen = gen + 1
-  redis.call('HSET', state_key, 'state', to, 'gen', int(gen), 'fails', int(fails),
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'state', to, 'gen', int(gen), 'fails', int(fails),
     'opened_until', int(until_ms), 'changed_at', int(now))
-  redis.call('DEL', window_key, probe_key)
   return gen
 end

@@ -5,7 +5,7 @@ local st, gen, fails, until_ms = load()
 
 if st == 'open' then
   if target > until_ms then
-    redis.call('HSET', state_key, 'opened_until', int(target))
+    redis.call('HSET', key, 'opened_until', int(target))
     return reply('extended', st, gen, fails, target, '', target - now)
   end
   return reply('unchanged', st, gen, fails, until_ms, '', math.max(0, until_ms - now))

@@ -14,7 +14,7 @@ local threshold, window_ms, buckets = settings[1], settings[2], settings[3]
 local min_calls, rate, reset_ms = settings[4], settings[5], settings[6]
 
 local st, gen, fails, until_ms = load()
-if probe_id ~= '' then redis.call('HDEL', probe_key, probe_id) end
+if probe_id ~= '' then redis.call('HDEL', key, 'p:' .. probe_id) end
 if permit_gen ~= gen then
   return reply('stale', st, gen, fails, until_ms, '', 0)
 end
@@ -39,29 +39,29 @@ end
 -- window (only when a new bucket starts, so most calls skip the scan).
 local bucket_ms = math.max(1, math.floor(window_ms / buckets))
 local bucket = math.floor(now / bucket_ms)
-local calls_in_bucket = redis.call('HINCRBY', window_key, 'c' .. bucket, 1)
-if not ok then redis.call('HINCRBY', window_key, 'f' .. bucket, 1) end
+local calls_in_bucket = redis.call('HINCRBY', key, 'c' .. bucket, 1)
+if not ok then redis.call('HINCRBY', key, 'f' .. bucket, 1) end
 if calls_in_bucket == 1 then
   local oldest = bucket - buckets + 1
-  for _, field in ipairs(redis.call('HKEYS', window_key)) do
-    if tonumber(string.sub(field, 2)) < oldest then
-      redis.call('HDEL', window_key, field)
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    local kind, number = string.match(field, '^([cf])(%d+)$')
+    if kind and tonumber(number) < oldest then
+      redis.call('HDEL', key, field)
     end
   end
-  redis.call('PEXPIRE', window_key, int(window_ms * 2))
 end
 
 if ok then
-  if fails > 0 then redis.call('HSET', state_key, 'fails', 0) end
+  if fails > 0 then redis.call('HSET', key, 'fails', 0) end
   return reply('ok', st, gen, 0, 0, '', 0)
 end
 
-fails = redis.call('HINCRBY', state_key, 'fails', 1)
+fails = redis.call('HINCRBY', key, 'fails', 1)
 local trip = threshold > 0 and fails >= threshold
 if not trip and rate > 0 then
   local calls, failed = 0, 0
   for b = bucket - buckets + 1, bucket do
-    local counts = redis.call('HMGET', window_key, 'c' .. b, 'f' .. b)
+    local counts = redis.call('HMGET', key, 'c' .. b, 'f' .. b)
     calls = calls + tonumber(counts[1] or '0')
     failed = failed + tonumber(counts[2] or '0')
   end
