@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from local.model import FunctionSpec
 
-__all__ = ["FunctionPool", "Invocation", "exit_with_parent"]
+__all__ = ["CodeVersion", "FunctionPool", "Invocation", "exit_with_parent"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class _Worker:
         os.close(response_write)
         self._buffer = b""
         self.import_error: dict[str, Any] | None = None
+        self.code_version = 0.0
         assert self.process.stdout is not None
         threading.Thread(
             target=_copy_output,
@@ -157,15 +158,53 @@ def _copy_output(name: str, stream: IO[bytes]) -> None:
             sys.stdout.flush()
 
 
+class CodeVersion:
+    """The newest modification time of the ``.py`` files under some directories.
+
+    Rescanned at most once per ``interval_s``, so that a pool can replace
+    workers that imported older code without a scan per invocation.
+    """
+
+    def __init__(self, paths: list[Path], interval_s: float = 1.0) -> None:
+        self.paths = paths
+        self.interval_s = interval_s
+        self._checked_at = time.monotonic()
+        self._value = self._scan()
+
+    def __repr__(self) -> str:
+        return f"<CodeVersion {self._value} paths={len(self.paths)}>"
+
+    def current(self) -> float:
+        now = time.monotonic()
+        if now - self._checked_at >= self.interval_s:
+            self._value = self._scan()
+            self._checked_at = now
+        return self._value
+
+    def _scan(self) -> float:
+        newest = 0.0
+        for root in self.paths:
+            for path in root.rglob("*.py"):
+                with contextlib.suppress(OSError):
+                    newest = max(newest, path.stat().st_mtime)
+        return newest
+
+
 class FunctionPool:
     """Invoke one function; up to ``max_workers`` invocations run at the same time."""
 
     def __init__(
-        self, spec: FunctionSpec, env: dict[str, str], max_workers: int = 2
+        self,
+        spec: FunctionSpec,
+        env: dict[str, str],
+        max_workers: int = 2,
+        *,
+        watch: list[Path] | None = None,
     ) -> None:
         self.spec = spec
         self.env = env
         self.max_workers = max_workers
+        self._code = CodeVersion(watch or [])
         self._idle: list[_Worker] = []
         self._count = 0
         self._condition = threading.Condition()
@@ -233,6 +272,7 @@ class FunctionPool:
 
     def _start_worker(self) -> _Worker:
         worker = _Worker(self.spec, self.env)
+        worker.code_version = self._code.current()
         with self._condition:
             self._all.add(worker)
         try:
@@ -250,6 +290,7 @@ class FunctionPool:
             while True:
                 if self._closed:
                     raise WorkerError(f"{self.spec.logical_id} is stopped")
+                self._retire_stale_workers()
                 if self._idle:
                     return self._idle.pop()
                 if self._count < self.max_workers:
@@ -257,6 +298,24 @@ class FunctionPool:
                     break
                 self._condition.wait()
         return self._start_worker()
+
+    def _retire_stale_workers(self) -> None:
+        # Called with the condition held: idle workers that imported older
+        # code are stopped, so the next invocation starts a fresh one.
+        version = self._code.current()
+        stale = [w for w in self._idle if w.code_version != version]
+        if not stale:
+            return
+        logger.info(
+            "function.reloading function=%s reason=code changed workers=%s",
+            self.spec.logical_id,
+            len(stale),
+        )
+        for worker in stale:
+            self._idle.remove(worker)
+            self._all.discard(worker)
+            self._count -= 1
+            worker.stop()
 
     def _release(self, worker: _Worker | None) -> None:
         with self._condition:

@@ -224,8 +224,10 @@ class LocalStack:
     ) -> None:
         for spec in functions:
             env = environment.function_environment(spec, values)
+            # Workers restart when the handler's or the layer's code changes.
+            watch = [spec.code_uri, self.options.root / "shared" / "resilience"]
             self.pools[spec.logical_id] = FunctionPool(
-                spec, env, self.options.max_workers
+                spec, env, self.options.max_workers, watch=watch
             )
         self._stoppers.append(("functions", self._close_pools))
 
