@@ -32,6 +32,8 @@ from tests.escalation_support import (
 
 pytestmark = pytest.mark.timeout(60)
 
+ARN_PREFIX = "arn:aws:sqs:us-east-1:123456789012:"
+
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
@@ -435,7 +437,7 @@ def test_sqs_request_starts_and_replies(harness: Harness) -> None:
                 },
                 "md5OfBody": "",
                 "eventSource": "aws:sqs",
-    """A run started through StartExecution alone is registered by notify."""
+                "eventSourceARN": ARN_PREFIX + "escalation-requests",
                 "awsRegion": "us-east-1",
             }
         )
@@ -472,7 +474,7 @@ def test_other_org_cannot_read_escalation(
 
 
 def test_execution_started_elsewhere_gets_its_row(harness: Harness) -> None:
-    """An execution started straight through StartExecution is registered by notify."""
+    """A run started through StartExecution alone is registered by notify."""
     stack = harness.stack
     stack.sfn.start_execution(
         stateMachineArn=stack.state_machine_arn,
