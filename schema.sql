@@ -85,7 +85,9 @@ ALTER TABLE batch_item
     ADD COLUMN IF NOT EXISTS lease_owner text,
     ADD COLUMN IF NOT EXISTS started_at timestamptz,
     ADD COLUMN IF NOT EXISTS completed_at timestamptz;
-CREATE INDEX IF NOT EXISTS batch_item_org_batch_idx ON batch_item (org_id, batch_id);
+-- Every claim and completion updates each index, and batch_item_batch_id_idx
+-- already serves lookups by batch, so this earlier index is removed.
+DROP INDEX IF EXISTS batch_item_org_batch_idx;
 
 -- Every mutation of every pattern. dedupe_key, when present, makes a retried
 -- write of the same event a no-op.
