@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from local import control
-from local.stack import LocalStack, StackOptions, read_state
+from local.stack import LocalStack, StackOptions, StackStartError, read_state
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("run", "send", "receive", "fail", "recorded", "status")
@@ -240,6 +240,9 @@ def _run(args: argparse.Namespace) -> int:
         threading.Event().wait()
     except KeyboardInterrupt:
         logging.getLogger("local").info("stack.stopping")
+    except StackStartError as exc:
+        logging.getLogger("local").error("stack.start_failed: %s", exc)
+        return 1
     finally:
         # A second Ctrl-C must not cut the shutdown short and orphan children.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -87,6 +87,11 @@ class MotoServer:
                 preexec_fn=exit_with_parent,
             )
         wait_for_port(self.port, timeout_s=30)
+        if self._process.poll() is not None:
+            raise RuntimeError(
+                f"the moto server exited with code {self._process.returncode}: "
+                f"see {log_path}"
+            )
         # Without this, moto accepts StartExecution but never runs a state.
         response = httpx.post(
             f"{self.url}/moto-api/config",

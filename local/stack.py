@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from local.model import FunctionSpec, read_functions
 from local.pollers import SchedulePoller, SnsPoller, SqsPoller
 from local.standins import DemoService, PagerDutyStandIn, SlackStandIn, StandIn
 
-__all__ = ["LocalStack", "StackOptions"]
+__all__ = ["LocalStack", "StackOptions", "StackStartError", "read_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class LocalStack:
     def start(self) -> dict[str, Any]:
         """Start everything; return what ``stack.json`` contains."""
         options = self.options
+        _require_free_port(options.port, "--port (env PORT)")
+        if options.moto_port is not None:
+            _require_free_port(options.moto_port, "--moto-port (env LOCAL_MOTO_PORT)")
         options.state_dir.mkdir(parents=True, exist_ok=True)
         (options.state_dir / STATE_FILE).unlink(missing_ok=True)
 
@@ -315,6 +319,21 @@ class LocalStack:
             except Exception:
                 logger.exception("stack.stop_failed part=%s", name)
         logger.info("stack.stopped")
+
+
+class StackStartError(RuntimeError):
+    """The stack cannot start; the message says what to change."""
+
+
+def _require_free_port(port: int, setting: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise StackStartError(
+                f"port {port} on 127.0.0.1 is already in use (another local "
+                f"stack?): stop that process or choose another port with {setting}"
+            ) from None
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
