@@ -264,9 +264,6 @@ HANDLER_CASES = _handler_cases()
 def test_handler_exists(function_name: str, code_uri: str, handler: str) -> None:
     module_name, _, attribute = handler.rpartition(".")
     path = REPO / code_uri / f"{module_name.replace('.', '/')}.py"
-    # TODO: remove this skip once every handler of the template is committed.
-    if function_name != "AlertForwarderFunction" and not path.is_file():
-        pytest.skip(f"{path.relative_to(REPO)} is not in the tree yet")
 
     assert path.is_file(), f"{function_name}: {path.relative_to(REPO)} is missing"
     tree = ast.parse(path.read_text(), filename=str(path))
