@@ -393,10 +393,13 @@ def count_task_calls() -> list[str]:
     return calls
 
 
-def audit_actions(database: Database, escalation_id: str) -> list[str]:
+def audit_actions(database: Database, escalation_id: str | None) -> list[str]:
+    """Return the audit actions of one escalation (None: of no escalation)."""
     with database.transaction() as connection:
         rows = connection.execute(
-            "SELECT action FROM audit_log WHERE task_id = %s ORDER BY id",
+            "SELECT action FROM audit_log "
+            "WHERE task_id IS NOT DISTINCT FROM %s AND pattern = 'escalation' "
+            "ORDER BY id",
             (escalation_id,),
         ).fetchall()
     return [row["action"] for row in rows]

@@ -257,7 +257,9 @@ def test_slack_action_base64_body_approves(
 
 
 @pytest.mark.parametrize("case", ["tampered", "old", "missing_header"])
-def test_slack_action_rejected_with_401(harness: Harness, case: str) -> None:
+def test_slack_action_rejected_with_401(
+    harness: Harness, database: Database, case: str
+) -> None:
     """One changed byte, a 301-second-old timestamp or no headers: 401."""
     started = start_deploy(harness)
     events = {
@@ -272,6 +274,7 @@ def test_slack_action_rejected_with_401(harness: Harness, case: str) -> None:
 
     assert answer["statusCode"] == 401
     assert harness.status(started["id"])["status"] == "pending"
+    assert "escalation.decision_refused" in audit_actions(database, None)
 
 
 def test_slack_replay_is_401(harness: Harness) -> None:

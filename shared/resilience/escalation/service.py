@@ -418,7 +418,7 @@ class EscalationService:
 
     def audit_attempt(
         self,
-        escalation_id: str,
+        escalation_id: str | None,
         *,
         actor: str | None,
         channel: str,

@@ -53,6 +53,10 @@ def handle_slack_action(
         )
     except SlackVerificationError as exc:
         logger.warning("escalation.slack_rejected", extra={"error": str(exc)})
+        # The escalation id and user are unverified, so none is recorded.
+        service.audit_attempt(
+            None, actor=None, channel="slack", decision=None, why=f"slack: {exc}"
+        )
         return 401, {"error": "invalid_signature", "message": str(exc)}
 
     try:
@@ -62,6 +66,9 @@ def handle_slack_action(
         kind = str(action["action_id"])
         escalation_id = str(action["value"])
     except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError):
+        service.audit_attempt(
+            None, actor=None, channel="slack", decision=None, why="invalid_payload"
+        )
         return 400, {
             "error": "validation_error",
             "message": "payload is not a Slack block action",
