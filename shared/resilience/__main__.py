@@ -37,11 +37,11 @@ PATTERNS: dict[str, str] = {
 }
 
 _SUMMARIES = {
-    "batch": "list batches and failed items, re-drive failed items and DLQs",
+    "batch": "show a batch and its failed items, re-drive them or the DLQ",
     "breaker": "show and reset circuit breakers",
     "db": "apply schema.sql to the database (migrate)",
-    "escalation": "list pending escalations and their decisions",
-    "llm": "show LLM usage and spend",
+    "escalation": "list pending escalations, show one, re-deliver decisions",
+    "llm": "show LLM spend per org and the price table",
     "queues": "show queue depths and re-drive dead-letter queues",
 }
 
