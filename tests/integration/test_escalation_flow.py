@@ -269,6 +269,7 @@ def test_invalid_edited_data_is_422(harness: Harness) -> None:
 
     assert answer["statusCode"] == 422
     assert "data is not valid JSON" in answer["body"]
+    assert "{not json</textarea>" in answer["body"]
     assert harness.status(started["id"])["status"] == "pending"
 
 

@@ -132,6 +132,7 @@ def _decide(
     record: EscalationRecord,
     claims: LinkClaims,
 ) -> PageResponse:
+    body: dict[str, Any] = {}
     try:
         body = _parse_body(request)
         if not request.wants_json:
@@ -150,7 +151,10 @@ def _decide(
             decision=None,
             why="invalid_body",
         )
-        return _invalid_body(service, request, record, claims, exc)
+        # The form keeps what the approver typed, so a typo costs no rework.
+        typed = body.get("data")
+        data_text = typed if isinstance(typed, str) and typed else None
+        return _invalid_body(service, request, record, claims, exc, data_text)
 
     decision = Decision(
         kind=parsed.decision,  # type: ignore[arg-type]
@@ -260,6 +264,7 @@ def _invalid_body(
     record: EscalationRecord,
     claims: LinkClaims,
     error: ValidationError,
+    data_text: str | None,
 ) -> PageResponse:
     if request.wants_json:
         body = {
@@ -275,6 +280,7 @@ def _invalid_body(
         form_action=_form_action(request),
         csrf_token=service.signer.csrf_token(claims, cookie_value),
         error=str(error),
+        data_text=data_text,
     )
     response = PageResponse(422, page)
     response.set_cookie = (CSRF_COOKIE, cookie_value, request.path, request.secure)
