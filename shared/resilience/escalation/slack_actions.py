@@ -3,9 +3,9 @@
 The request is verified over its raw body before anything is parsed. The
 acting identity is ``slack:{user id}`` from the verified payload, checked
 against the escalation type's allow-list like a link's approver. The response
-is an ephemeral message to the clicking user; the channel message is replaced
-with the outcome by the resume handler (``chat.update``) once the workflow
-has ended.
+is an ephemeral message to the clicking user. The resume handler replaces the
+channel message with the outcome (``chat.update``) once the workflow has
+ended.
 """
 
 from __future__ import annotations
