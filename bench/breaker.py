@@ -10,6 +10,8 @@ Measures on one Redis, in one run:
   ``PING``. Ratios are taken against the PING of the same run.
 - How many of 20 concurrent callers (separate clients) reach a failing
   service when the cooldown ends (``half_open_max_calls`` = 1).
+- The same closed-state call with ``success_flush_interval=0.1``, where
+  successes are sent in batches (keys ``batched_*``).
 
 Usage::
 
@@ -129,6 +131,20 @@ def setup_ours(url: str, prefix: str) -> tuple[Callable[[], None], dict[str, flo
     return guarded(timed), trips
 
 
+def setup_batched(url: str, prefix: str) -> tuple[Callable[[], None], float]:
+    """Return a guarded no-op whose successes are sent every 0.1 s at most."""
+    store = RedisStore(counting_client(url), prefix=prefix)
+    config = BreakerConfig(success_flush_interval=0.1)
+    breaker = CircuitBreaker("bench-batched", config, store=store)
+
+    def call() -> None:
+        with breaker:
+            pass
+
+    call()
+    return call, count_round_trips(call, 1000)
+
+
 def setup_pybreaker(url: str, prefix: str) -> tuple[Callable[[], None], float]:
     """Return pybreaker's guarded no-op and its round trips per closed success."""
     import pybreaker
@@ -199,8 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     ping_trips = count_round_trips(ping_client.ping, 1000)
     ours, ours_trips = setup_ours(args.redis_url, prefix)
     theirs, theirs_trips = setup_pybreaker(args.redis_url, prefix)
+    batched, batched_trips = setup_batched(args.redis_url, prefix)
     timings = time_interleaved(
-        {"ping": ping_client.ping, "ours": ours, "pybreaker": theirs}, args.calls
+        {
+            "ping": ping_client.ping,
+            "ours": ours,
+            "pybreaker": theirs,
+            "batched": batched,
+        },
+        args.calls,
     )
     probes = probe_herd(args.redis_url, prefix)
     cleanup = counting_client(args.redis_url)
@@ -210,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ping_median, ping_p90 = timings["ping"]
     median, p90 = timings["ours"]
     theirs_median, theirs_p90 = timings["pybreaker"]
+    batched_median, batched_p90 = timings["batched"]
     result = {
         "round_trips_per_closed_success": ours_trips["closed"],
         "round_trips_per_open_rejection": ours_trips["open"],
@@ -220,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "pybreaker_median_over_ping": theirs_median / ping_median,
         "pybreaker_p90_over_ping": theirs_p90 / ping_p90,
         "probes_reaching_failing_service": probes,
+        "batched_round_trips_per_closed_success": batched_trips,
+        "batched_median_over_ping": batched_median / ping_median,
         "ping_median_us": ping_median * 1e6,
         "ping_p90_us": ping_p90 * 1e6,
         "median_us": median * 1e6,
@@ -240,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         ("PING", ping_trips, ping_median, ping_p90),
         ("ours, closed success", ours_trips["closed"], median, p90),
         ("pybreaker 1.4, closed", theirs_trips, theirs_median, theirs_p90),
+        ("ours, flush every 0.1 s", batched_trips, batched_median, batched_p90),
     ]
     for name, trips, row_median, row_p90 in rows:
         ratio = row_median / ping_median

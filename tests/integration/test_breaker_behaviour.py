@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -468,3 +469,71 @@ def test_round_trips_per_state(
     assert closed == 1.0
     assert open_state == 0.0
     assert half_open == 2
+
+
+BATCHED = BreakerConfig(
+    failure_threshold=3,
+    failure_rate_threshold=0,
+    state_cache_ttl=60,
+    success_flush_interval=60,
+)
+
+
+def window_calls(store: KeyValueStore, redis_url: str) -> int:
+    import redis
+
+    raw = redis.Redis.from_url(redis_url)
+    fields = raw.hgetall(store.prefix + "breaker:svc")
+    raw.close()
+    return sum(int(v) for k, v in fields.items() if k.startswith(b"c"))
+
+
+def test_deferred_successes_skip_round_trips(
+    make_store: Callable[..., KeyValueStore], clock: FakeClock, redis_url: str
+) -> None:
+    counting = CountingStore(make_store())
+    breaker = CircuitBreaker("svc", BATCHED, store=counting, clock=clock)
+    breaker.acquire().success()  # learns the state: 2 round trips
+    counting.round_trips = 0
+
+    succeed(breaker, 10)
+    deferred_trips = counting.round_trips
+    fail(breaker)
+
+    assert deferred_trips == 0
+    assert counting.round_trips == 1
+    assert window_calls(counting, redis_url) == 12
+    assert breaker.snapshot().failure_count == 1
+
+
+def test_deferred_successes_end_failure_streak(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    batched = make_breaker(BATCHED)
+    batched.acquire().success()
+    succeed(batched, 3)  # GIVEN successes held back by one instance
+    fail(make_breaker(), 2)
+
+    fail(batched)
+
+    snapshot = batched.snapshot()
+    assert snapshot.state is BreakerState.CLOSED
+    assert snapshot.failure_count == 1
+
+
+def test_deferred_successes_flush_after_interval(
+    make_store: Callable[..., KeyValueStore], clock: FakeClock, redis_url: str
+) -> None:
+    config = BreakerConfig(
+        failure_rate_threshold=0, state_cache_ttl=60, success_flush_interval=0.05
+    )
+    counting = CountingStore(make_store())
+    breaker = CircuitBreaker("svc", config, store=counting, clock=clock)
+    succeed(breaker, 3)
+    counting.round_trips = 0
+
+    time.sleep(0.06)
+    succeed(breaker)
+
+    assert counting.round_trips == 1
+    assert window_calls(counting, redis_url) == 4

@@ -59,6 +59,7 @@ ENV_NAMES = {
     "state_cache_ttl": "BREAKER_STATE_CACHE_TTL_S",
     "store_failure_policy": "BREAKER_STORE_FAILURE_POLICY",
     "store_retry_interval": "BREAKER_STORE_RETRY_INTERVAL_S",
+    "success_flush_interval": "BREAKER_SUCCESS_FLUSH_S",
 }
 
 # camelCase keys accepted in the "breaker" object of BREAKER_SERVICES.
@@ -76,6 +77,7 @@ JSON_NAMES = {
     "storeFailurePolicy": "store_failure_policy",
     "storeRetryIntervalS": "store_retry_interval",
     "failureStatusCodes": "failure_status_codes",
+    "successFlushS": "success_flush_interval",
 }
 
 
@@ -105,6 +107,9 @@ class BreakerConfig:
         failure_exceptions: exception classes that count as failures; any
             other exception is reported as a success because the service
             responded.
+        success_flush_interval: when > 0, closed-state successes are counted
+            in memory and sent with this instance's next report, at the
+            latest this long after the first one (0 sends each at once).
         listener_timeout: time a call waits for transition listeners (audit
             rows, alerts) before it goes on and leaves them running.
     """
@@ -126,6 +131,7 @@ class BreakerConfig:
         default_factory=_default_failure_exceptions
     )
     listener_timeout: float = 1.0
+    success_flush_interval: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.store_failure_policy, str):
@@ -157,6 +163,9 @@ class BreakerConfig:
             self.store_retry_interval >= 0, "store_retry_interval", ">= 0 seconds"
         )
         self._check(self.listener_timeout > 0, "listener_timeout", "> 0 seconds")
+        self._check(
+            self.success_flush_interval >= 0, "success_flush_interval", ">= 0 seconds"
+        )
         if self.failure_threshold == 0 and self.failure_rate_threshold == 0:
             raise ConfigError(
                 "failure_threshold and failure_rate_threshold are both 0, so the "
@@ -231,7 +240,7 @@ def _parse_field(name: str, raw: str, env_name: str) -> Any:
             return _policy(raw)
         if kind == "int":
             return int(raw)
-        if raw.lower() in ("none", "off"):
+        if name == "slow_call_duration" and raw.lower() in ("none", "off"):
             return None
         return float(raw)
     except ValueError:

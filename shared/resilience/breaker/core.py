@@ -102,6 +102,7 @@ TransitionListener = Callable[[Transition], None]
 class _Seen:
     state: str
     generation: int
+    fails: int
     opened_until_ms: int
     seen_at: float
 
@@ -211,6 +212,9 @@ class CircuitBreaker:
         )
         self._seen: _Seen | None = None
         self._local = LocalState()
+        self._pending_successes = 0
+        self._pending_generation = -1
+        self._flush_due = 0.0
         self._outage = False
         self._retry_store_at = 0.0
         self._lock = threading.Lock()
@@ -296,10 +300,49 @@ class CircuitBreaker:
             local=local,
         )
 
+    def _defer_success(self, permit: Permit) -> bool:
+        """Count a closed-state success locally; True when no report is due yet.
+
+        Only with ``success_flush_interval`` > 0, and only while the state
+        seen last is closed with no failures counted, in the permit's
+        generation. The count travels with the next report of this instance.
+        """
+        seen = self._seen
+        interval = self.config.success_flush_interval
+        if (
+            interval <= 0
+            or permit.is_probe
+            or seen is None
+            or seen.state != "closed"
+            or seen.fails != 0
+            or seen.generation != permit.generation
+        ):
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if self._pending_generation != permit.generation:
+                self._pending_successes = 0
+                self._pending_generation = permit.generation
+            if self._pending_successes == 0:
+                self._flush_due = now + interval
+            if now < self._flush_due:
+                self._pending_successes += 1
+                return True
+        return False
+
+    def _take_pending(self, generation: int) -> int:
+        with self._lock:
+            pending = self._pending_successes
+            self._pending_successes = 0
+            same_generation = self._pending_generation == generation
+        return pending if same_generation else 0
+
     def _report(self, permit: Permit, *, ok: bool, reason: str = "") -> None:
         now_ms = self._now_ms()
         config = self.config
         if not permit.local:
+            if ok and self._defer_success(permit):
+                return
             reply = self._run(
                 scripts.REPORT,
                 [
@@ -308,6 +351,7 @@ class CircuitBreaker:
                     permit.generation,
                     permit.probe_id,
                     self._report_settings,
+                    self._take_pending(permit.generation),
                 ],
             )
             if reply is not None:
@@ -433,7 +477,11 @@ class CircuitBreaker:
 
     def _remember(self, reply: Reply) -> None:
         self._seen = _Seen(
-            reply.state, reply.generation, reply.opened_until_ms, time.monotonic()
+            reply.state,
+            reply.generation,
+            reply.fails,
+            reply.opened_until_ms,
+            time.monotonic(),
         )
 
     # ----------------------------------------------------------- transitions

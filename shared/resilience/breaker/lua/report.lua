@@ -1,8 +1,9 @@
 -- Record the outcome of a call. ARGV: now_ms, ok (1 success, 0 failure),
 -- permit generation, probe id ('' for a normal call), and the settings as one
 -- space-separated string: failure_threshold window_ms window_buckets
--- minimum_calls failure_rate_threshold reset_timeout_ms. An outcome from an
--- older generation changes nothing.
+-- minimum_calls failure_rate_threshold reset_timeout_ms; then the number of
+-- earlier successes of the same generation that the caller deferred. An
+-- outcome from an older generation changes nothing.
 local ok = ARGV[2] == '1'
 local permit_gen = tonumber(ARGV[3])
 local probe_id = ARGV[4]
@@ -12,6 +13,7 @@ for value in string.gmatch(ARGV[5], '%S+') do
 end
 local threshold, window_ms, buckets = settings[1], settings[2], settings[3]
 local min_calls, rate, reset_ms = settings[4], settings[5], settings[6]
+local deferred = tonumber(ARGV[6] or '0')
 
 local st, gen, fails, until_ms = load()
 if probe_id ~= '' then redis.call('HDEL', key, 'p:' .. probe_id) end
@@ -39,9 +41,9 @@ end
 -- window (only when a new bucket starts, so most calls skip the scan).
 local bucket_ms = math.max(1, math.floor(window_ms / buckets))
 local bucket = math.floor(now / bucket_ms)
-local calls_in_bucket = redis.call('HINCRBY', key, 'c' .. bucket, 1)
+local calls_in_bucket = redis.call('HINCRBY', key, 'c' .. bucket, 1 + deferred)
 if not ok then redis.call('HINCRBY', key, 'f' .. bucket, 1) end
-if calls_in_bucket == 1 then
+if calls_in_bucket == 1 + deferred then
   local oldest = bucket - buckets + 1
   for _, field in ipairs(redis.call('HKEYS', key)) do
     local kind, number = string.match(field, '^([cf])(%d+)$')
@@ -51,8 +53,12 @@ if calls_in_bucket == 1 then
   end
 end
 
-if ok then
+-- Deferred successes came before this outcome, so they end a failure streak.
+if ok or deferred > 0 then
   if fails > 0 then redis.call('HSET', key, 'fails', 0) end
+  fails = 0
+end
+if ok then
   return reply('ok', st, gen, 0, 0, '', 0)
 end
 
