@@ -141,6 +141,7 @@ class BreakerConfig:
         object.__setattr__(
             self, "failure_status_codes", frozenset(self.failure_status_codes)
         )
+
         self._check(self.failure_threshold >= 0, "failure_threshold", ">= 0")
         self._check(self.reset_timeout > 0, "reset_timeout", "> 0 seconds")
         self._check(self.half_open_max_calls >= 1, "half_open_max_calls", ">= 1")
@@ -157,6 +158,7 @@ class BreakerConfig:
             "slow_call_duration",
             "> 0 seconds or None",
         )
+
         self._check(self.probe_lease > 0, "probe_lease", "> 0 seconds")
         self._check(self.state_cache_ttl >= 0, "state_cache_ttl", ">= 0 seconds")
         self._check(
@@ -166,6 +168,7 @@ class BreakerConfig:
         self._check(
             self.success_flush_interval >= 0, "success_flush_interval", ">= 0 seconds"
         )
+
         if self.failure_threshold == 0 and self.failure_rate_threshold == 0:
             raise ConfigError(
                 "failure_threshold and failure_rate_threshold are both 0, so the "

@@ -1,9 +1,12 @@
--- Record the outcome of a call. ARGV: now_ms, ok (1 success, 0 failure),
--- permit generation, probe id ('' for a normal call), and the settings as one
--- space-separated string: failure_threshold window_ms window_buckets
--- minimum_calls failure_rate_threshold reset_timeout_ms; then the number of
--- earlier successes of the same generation that the caller deferred. An
--- outcome from an older generation changes nothing.
+-- Record the outcome of a call. An outcome from an older generation changes
+-- nothing. ARGV:
+--   1 now_ms
+--   2 ok: 1 success, 0 failure
+--   3 the permit's generation
+--   4 probe id ('' for a normal call)
+--   5 settings, space-separated: failure_threshold window_ms window_buckets
+--     minimum_calls failure_rate_threshold reset_timeout_ms
+--   6 earlier successes of the same generation that the caller deferred
 local ok = ARGV[2] == '1'
 local permit_gen = tonumber(ARGV[3])
 local probe_id = ARGV[4]
