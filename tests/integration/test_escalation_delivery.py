@@ -12,6 +12,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from local.standins import SlackStandIn
 from resilience.db import Database
 from resilience.escalation import cli
 from resilience.escalation.service import get_service
@@ -90,6 +91,8 @@ def test_throttled_delivery_kept_and_retried(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    alerts = SlackStandIn().start()
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"{alerts.url}/services/T0/B0/alerts")
     started = harness.start({"data": {"a": 1}, "reason": "throttled"})
     harness.pump_notify()
     service = get_service()
@@ -115,6 +118,11 @@ def test_throttled_delivery_kept_and_retried(
     assert outbox_row(database, started["id"])["attempts"] == 3
     assert first["alerted"] == [started["id"]]
     assert second["alerted"] == []
+    alert_texts = [json.dumps(entry["body"]) for entry in alerts.recorded]
+    alerts.stop()
+    undelivered = [text for text in alert_texts if "undelivered" in text]
+    assert len(undelivered) == 1
+    assert started["id"] in undelivered[0]
 
     # THEN once Step Functions accepts calls again, the operator command delivers it
     monkeypatch.setattr(service, "stepfunctions", real_client)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from cryptography.exceptions import InvalidTag
 
 from resilience.errors import ConfigError, ForbiddenError, GoneError, ValidationError
-from resilience.escalation.config import ANYONE, EscalationConfig, parse_types
-from resilience.escalation.crypto import LocalKeyEncryptor
+from resilience.escalation.config import (
+    ANYONE,
+    EscalationConfig,
+    link_signing_key,
+    parse_types,
+)
+from resilience.escalation.crypto import LocalKeyEncryptor, encryptor_from_env
 from resilience.escalation.links import LinkSigner, hash_secret
 from resilience.escalation.validation import parse_decision, validate_start
 
@@ -213,3 +219,49 @@ def test_local_encryption_bound_to_id_and_purpose() -> None:
         encryptor.decrypt(blob, escalation_id="esc-2", purpose="task_token")
     with pytest.raises(InvalidTag):
         encryptor.decrypt(blob, escalation_id="esc-1", purpose="data")
+
+
+def test_link_key_file_created_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "keys" / "link.key"
+    monkeypatch.delenv("LINK_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("ALERTING_SECRET", raising=False)
+    monkeypatch.setenv("LINK_SIGNING_KEY_FILE", str(key_file))
+
+    first = link_signing_key()
+    second = link_signing_key()
+
+    assert first == second
+    assert len(base64.b64decode(first)) == 32
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_missing_link_key_names_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LINK_SIGNING_KEY", "LINK_SIGNING_KEY_FILE", "ALERTING_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+    with pytest.raises(ConfigError, match="LINK_SIGNING_KEY_FILE"):
+        link_signing_key()
+
+
+def test_missing_encryption_key_names_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ESCALATION_KMS_KEY_ARN", raising=False)
+    monkeypatch.delenv("ESCALATION_LOCAL_KEY", raising=False)
+    encryptor_from_env.cache_clear()
+
+    with pytest.raises(ConfigError, match="ESCALATION_LOCAL_KEY"):
+        encryptor_from_env()
+    encryptor_from_env.cache_clear()
+
+
+def test_local_key_of_wrong_length_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ESCALATION_KMS_KEY_ARN", raising=False)
+    monkeypatch.setenv("ESCALATION_LOCAL_KEY", base64.b64encode(b"short").decode())
+    encryptor_from_env.cache_clear()
+
+    with pytest.raises(ConfigError, match="32 bytes"):
+        encryptor_from_env()
+    encryptor_from_env.cache_clear()

@@ -174,5 +174,7 @@ def _alert(
             severity=severity,
             source="escalation",
             dedupe_key=dedupe_key,
+            # A decision that never reaches the workflow needs a person now.
+            page=severity == "critical",
         )
     )
