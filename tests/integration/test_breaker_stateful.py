@@ -159,7 +159,8 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(
         action=st.sampled_from(
             ["call"] * 8
-            + ["start", "finish", "finish"]
+            + ["start"] * 3
+            + ["finish"] * 2
             + ["advance"] * 4
             + ["open_until", "reset"]
         ),
@@ -210,8 +211,8 @@ def test_breaker_matches_model(redis_url: str) -> None:
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=60,
-            stateful_step_count=50,
+            max_examples=80,
+            stateful_step_count=60,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
