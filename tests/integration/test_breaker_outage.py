@@ -170,3 +170,36 @@ def test_upstash_outage_then_resume(
 
     assert max(durations) < DECISION_BOUND_S
     assert len(outage_warnings(caplog)) == 1
+
+
+def test_postgres_down_does_not_fail_call(
+    redis_url: str,
+    redis_key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from resilience.breaker.listeners import PostgresRecorder
+    from resilience.db import Database, DatabaseConfig
+
+    dead = Database(
+        DatabaseConfig(
+            url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+            connect_timeout_s=1,
+        )
+    )
+    store = RedisStore.from_url(redis_url, prefix=redis_key_prefix)
+    breaker = CircuitBreaker(
+        "pg-down",
+        BreakerConfig(failure_threshold=1),
+        store=store,
+        listeners=[PostgresRecorder(dead)],
+    )
+
+    started = time.monotonic()
+    breaker.acquire().failure()
+    elapsed = time.monotonic() - started
+
+    assert elapsed < DECISION_BOUND_S + breaker.config.listener_timeout
+    assert breaker.snapshot().state is BreakerState.OPEN
+    assert any(r.getMessage() == "breaker.record_failed" for r in caplog.records)
+    assert "BreakerRecordFailed" in capsys.readouterr().out
