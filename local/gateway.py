@@ -222,7 +222,11 @@ class Gateway:
 
     def start(self) -> Gateway:
         self._thread = threading.Thread(
-            target=self.server.serve_forever, name="gateway", daemon=True
+            target=self.server.serve_forever,
+            # A short poll interval lets stop() return within 0.1 s.
+            kwargs={"poll_interval": 0.1},
+            name="gateway",
+            daemon=True,
         )
         self._thread.start()
         return self

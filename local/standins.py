@@ -67,7 +67,10 @@ class StandIn:
 
     def start(self) -> StandIn:
         thread = threading.Thread(
-            target=self.server.serve_forever, name=self.name, daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=self.name,
+            daemon=True,
         )
         thread.start()
         return self
