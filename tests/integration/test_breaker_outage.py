@@ -203,3 +203,39 @@ def test_postgres_down_does_not_fail_call(
     assert breaker.snapshot().state is BreakerState.OPEN
     assert any(r.getMessage() == "breaker.record_failed" for r in caplog.records)
     assert "BreakerRecordFailed" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(30)
+def test_postgres_hanging_delays_call_at_most_listener_timeout(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    import socket
+
+    from resilience.breaker.listeners import PostgresRecorder
+    from resilience.db import Database, DatabaseConfig
+
+    # A socket that accepts connections into its backlog and never speaks.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    hanging = Database(
+        DatabaseConfig(url=f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    )
+    store = RedisStore.from_url(redis_url, prefix=redis_key_prefix)
+    config = BreakerConfig(failure_threshold=1, listener_timeout=0.3)
+    breaker = CircuitBreaker(
+        "pg-hang", config, store=store, listeners=[PostgresRecorder(hanging)]
+    )
+
+    try:
+        started = time.monotonic()
+        breaker.acquire().failure()
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+
+    # The call waited for the hanging recorder, and only listener_timeout long.
+    assert elapsed >= config.listener_timeout
+    assert elapsed < DECISION_BOUND_S
+    assert breaker.snapshot().state is BreakerState.OPEN
