@@ -31,6 +31,7 @@ PostgreSQL and Redis come from ``DATABASE_URL`` / ``REDIS_URL`` when set
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -137,7 +138,12 @@ class Systems:
 
     def ours(self, prefix: str) -> Callable[[], str]:
         from resilience.kvstore import RedisStore
-        from resilience.llm import ChainConfig, CompletionRequest, LLMChain
+        from resilience.llm import ChainConfig, CompletionRequest, LLMChain, warm_up
+
+        # As in the handler's init phase: the SDKs are imported before requests.
+        preload = warm_up()
+        if preload is not None:
+            preload.join()
 
         store = RedisStore.from_url(self.redis_url, prefix=prefix, timeout_ms=500)
         chain = LLMChain(
@@ -427,9 +433,10 @@ def _progress(scenario: str, system: str, series: Series) -> None:
 def child_main(args: argparse.Namespace) -> int:
     """Measure one system in a fresh process (after_breaker_open)."""
     point_clients_at(args.base_url)
-    systems = Systems(args.base_url, args.database_url, args.redis_url)
-    call = systems.build(args.child, args.prefix)
-    series = measure(call, args.requests, args.max_series_s)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        systems = Systems(args.base_url, args.database_url, args.redis_url)
+        call = systems.build(args.child, args.prefix)
+        series = measure(call, args.requests, args.max_series_s)
     print(json.dumps({"samples": series.samples, "answeredBy": series.answered_by}))
     return 0
 
@@ -484,12 +491,15 @@ def main(argv: list[str] | None = None) -> int:
 
     env = Environment()
     try:
-        systems = Systems(env.base_url, env.database_url, env.redis_url)
-        results = {
-            scenario: run_scenario(env, systems, scenario, args)
-            for scenario in (args.scenario or SCENARIOS)
-        }
-        systems.database.close()
+        # The chain prints its metrics as EMF lines on stdout; keep them out
+        # of the report.
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            systems = Systems(env.base_url, env.database_url, env.redis_url)
+            results = {
+                scenario: run_scenario(env, systems, scenario, args)
+                for scenario in (args.scenario or SCENARIOS)
+            }
+            systems.database.close()
     finally:
         env.close()
 

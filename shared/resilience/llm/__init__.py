@@ -22,6 +22,7 @@ Settings are read from the environment once per container (see
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -125,7 +126,12 @@ def complete_many(
 
 
 def warm_up(tier: str = "default") -> threading.Thread | None:
-    """Start importing the tier's provider SDKs in the background (Lambda init)."""
+    """Start importing the tier's provider SDKs in the background (Lambda init).
+
+    ``LLM_PRELOAD_SDKS=0`` turns this off.
+    """
+    if os.environ.get("LLM_PRELOAD_SDKS", "1") == "0":
+        return None
     config = ChainConfig.from_env()
     providers: list[str] = []
     for step in config.tiers.get(tier, ()):

@@ -83,7 +83,7 @@ class Attempt:
         state: CallState,
         step: TierStep,
         *,
-        provider: Any,
+        provider: Callable[[], Any],
         breaker: Any,
         timeout_s: float,
         reserve: Callable[[TierStep], Decimal | None],
@@ -91,13 +91,21 @@ class Attempt:
     ) -> None:
         self.state = state
         self.step = step
-        self.provider = provider
+        self._provider_factory = provider
+        self._provider: Any = None
         self.breaker = breaker
         self.timeout_s = timeout_s
         self._reserve = reserve
         self._release = release
         self.permit: Any = None
         self.reserved = Decimal(0)
+
+    @property
+    def provider(self) -> Any:
+        """The step's adapter, built on first use so a skipped step costs nothing."""
+        if self._provider is None:
+            self._provider = self._provider_factory()
+        return self._provider
 
     def start(self) -> Outcome | None:
         """Take a breaker permit and a budget reservation; None means go ahead."""

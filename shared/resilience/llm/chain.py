@@ -224,7 +224,7 @@ class LLMChain:
         return Attempt(
             state,
             step,
-            provider=self.provider(step.provider),
+            provider=lambda: self.provider(step.provider),
             breaker=self.breaker(step),
             timeout_s=max(timeout, MIN_ATTEMPT_S),
             reserve=lambda s: self._reserve(state, s),
