@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, trips, row_median, row_p90 in rows:
         ratio = row_median / ping_median
         print(
-            f"{name:<24}{trips:>12.2f}{row_median * 1e6:>11.1f}"
+            f"{name:<24}{trips:>12.3f}{row_median * 1e6:>11.1f}"
             f"{row_p90 * 1e6:>9.1f}{ratio:>8.2f}"
         )
     print(f"ours, open rejection: {ours_trips['open']:.3f} round trips per call")
