@@ -534,3 +534,20 @@ def test_sweep_retries_failed_notification(
     assert report["renotified"] == [started["id"]]
     assert len(slack_calls(slack, "chat.postMessage")) == 1
     assert get_service().get(started["id"]).notify_state == "posted"
+
+
+def test_redelivered_outcome_resumes_once(harness: Harness) -> None:
+    started = start_and_notify(harness, source={"pattern": "test"})
+    harness.submit_form(started["approvalUrl"], {"decision": "approve"})
+    message = harness.stack.receive(harness.stack.resume_url)[0]
+    for _ in range(2):
+        harness.stack.sqs.send_message(
+            QueueUrl=harness.stack.resume_url, MessageBody=message["Body"]
+        )
+
+    delivered = len(harness.pump_resume())
+    delivered += len(harness.pump_resume(wait_s=1))
+
+    assert delivered == 2
+    assert [r.outcome for r in RESUMED] == ["approved"]
+    assert harness.status(started["id"])["status"] == "approved"
