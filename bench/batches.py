@@ -17,8 +17,8 @@ Usage::
 
 Without ``--database-url`` (or ``DATABASE_URL``) an embedded PostgreSQL is
 started. It runs with ``fsync=off`` (set on its command line), which makes
-each commit of the per-item loops nearly free, so its ratios understate what
-a server that flushes its commits shows; the report prints the setting. A
+each commit of the per-item loops nearly free. Its ratios are therefore lower
+than on a server that flushes its commits. The report prints the setting. A
 scratch database is created and dropped on the server.
 """
 

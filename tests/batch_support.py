@@ -36,7 +36,7 @@ __all__ = [
 
 
 class FakeClock:
-    """A clock that moves only when told to."""
+    """A clock that advances only through :meth:`advance`."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self.now = start
@@ -83,7 +83,7 @@ class FakeLambdaContext:
 
 
 class ClockProcessor:
-    """Take ``seconds`` of fake time per call; fail when data says so."""
+    """Take ``seconds`` of fake time per call and count the calls per item."""
 
     side_effects = False
     takeover_policy = "retry"
@@ -104,8 +104,9 @@ class ClockProcessor:
 class CountingDownstream:
     """An HTTP server that applies each Idempotency-Key once and counts calls.
 
-    ``POST /effects`` applies the effect of its key (or replays the stored
-    answer); ``fail_keys`` answer 503 until removed.
+    ``POST /effects`` applies the effect of its key, or returns the stored
+    response when the key was applied before. Requests whose key is in
+    ``fail_keys`` get 503 until the key is removed.
     """
 
     def __init__(self) -> None:

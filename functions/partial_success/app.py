@@ -4,7 +4,7 @@ Routes (API Gateway HTTP API):
 
 - ``POST /batches`` ``{"batchId": "...", "items": [{"id": "...", "data": {...},
   "processor"?: "..."}]}``: runs up to ``BATCH_SYNC_LIMIT`` items (default
-  100) while the request waits and answers ``{ok, batchId, total, okCount,
+  100) while the request waits and returns ``{ok, batchId, total, okCount,
   failedCount, notStartedCount, inProgressCount, results}``. Larger batches
   get 413 and belong on the ``batch-items`` queue. 409 when an item id was
   used before with other data; 400 for malformed input.

@@ -124,7 +124,7 @@ def test_unknown_batch_is_404(handler: ModuleType) -> None:
 
 
 def test_changed_payload_is_409(handler: ModuleType) -> None:
-    """C4 over HTTP."""
+    """New data under a used item id is a 409, and no output leaks."""
     first = {
         "batchId": "b5",
         "items": [{"id": "i1", "data": {"prompt": "A", "budget_usd": 1}}],
@@ -181,7 +181,7 @@ def test_bad_input_is_400_naming_field(
 
 
 def test_missing_ids_over_http(handler: ModuleType) -> None:
-    """C3 over HTTP: each bad id is its own failure, the rest runs."""
+    """Each missing or empty id fails on its own while the rest runs."""
     batch = {
         "batchId": "b4",
         "items": [
@@ -200,7 +200,7 @@ def test_missing_ids_over_http(handler: ModuleType) -> None:
 
 
 def test_sqs_reports_only_failed_message(handler: ModuleType) -> None:
-    """C6: m2 fails; the response is exactly its message id."""
+    """When m2 fails the response names exactly its message id."""
     event = load("sqs_m2_fails.json")
 
     response = call(handler, event)
@@ -212,7 +212,7 @@ def test_sqs_reports_only_failed_message(handler: ModuleType) -> None:
 def test_sqs_fifo_skips_rest_of_failed_group(
     handler: ModuleType, database: Database
 ) -> None:
-    """C7: m2 fails, so m4 (same group) is handed back unattempted."""
+    """When m2 fails, m4 of the same group is handed back unattempted."""
     event = load("sqs_fifo_groups.json")
 
     response = call(handler, event)
@@ -239,7 +239,7 @@ def test_sqs_breaker_open_reports_all(
     database: Database,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """C9: both items fail on an open breaker; reported, no exception."""
+    """Both items fail on an open breaker and are reported without raising."""
     from resilience.breaker import get_breaker
     from resilience.breaker.registry import clear_breakers
     from resilience.services import default_registry, reset_default_registry
@@ -302,7 +302,7 @@ def test_sqs_bad_bodies_fail_alone(handler: ModuleType) -> None:
 def test_sqs_duplicate_in_flight_hands_back_one(
     handler: ModuleType, database: Database
 ) -> None:
-    """C5: a record whose item another worker holds is the only one reported."""
+    """Only the record whose item another worker has leased is reported."""
     from resilience.batch import BatchItem, BatchRunner, BatchSettings
 
     # GIVEN another worker holds i1 of b12 under a live lease

@@ -107,7 +107,7 @@ def test_completed_item_served_from_cache(database: Database) -> None:
 
 
 def test_killed_item_taken_over_after_lease(database: Database) -> None:
-    """C1: killed after the claim; a redelivery after the lease completes it."""
+    """An item killed after its claim completes on a delivery after the lease."""
     # GIVEN a 3 s Lambda killed while running i1 of b1
     killer = Recording(kill={"i1"})
     with pytest.raises(Killed):
@@ -142,22 +142,22 @@ def test_killed_item_taken_over_after_lease(database: Database) -> None:
 
 @pytest.mark.parametrize("raw", [0, None, -250])
 def test_no_time_left_refuses_then_reclaims(database: Database, raw: object) -> None:
-    """C2: with no time left nothing starts; a later delivery with time runs it."""
+    """With no time left nothing starts, and a later delivery runs the item."""
     processor = Recording()
     runner = make_runner(database, processor)
 
-    refused = runner.run(items("b2", "i1"), context=FakeLambdaContext(raw=raw))
+    rejected = runner.run(items("b2", "i1"), context=FakeLambdaContext(raw=raw))
     later = runner.run(items("b2", "i1"), context=FakeLambdaContext(remaining_ms=5000))
 
-    assert refused.results[0].status is ItemStatus.NOT_STARTED
-    assert refused.results[0].handed_back is True
+    assert rejected.results[0].status is ItemStatus.NOT_STARTED
+    assert rejected.results[0].handed_back is True
     assert later.results[0].status is ItemStatus.COMPLETED
     assert later.results[0].attempts == 1
     assert processor.calls == {"i1": 1}
 
 
 def test_claim_with_zero_time_has_finite_lease(database: Database) -> None:
-    """C2: a claim made with 0 s left holds a short lease that expires."""
+    """A claim made with 0 s left has a short lease that expires."""
     killer = Recording(kill={"i1"})
     runner = make_runner(database, killer, time_reserve_ms=0)
 
@@ -174,7 +174,7 @@ def test_claim_with_zero_time_has_finite_lease(database: Database) -> None:
 
 
 def test_missing_ids_rejected_one_by_one(database: Database) -> None:
-    """C3: null, absent and empty ids fail alone and share nothing."""
+    """Null, absent and empty ids fail on their own and share no key."""
     processor = Recording()
     runner = make_runner(database, processor)
     batch = [
@@ -201,7 +201,7 @@ def test_missing_ids_rejected_one_by_one(database: Database) -> None:
 
 
 def test_changed_payload_is_conflict(database: Database) -> None:
-    """C4: same ids with new data: conflict, nothing re-run, old output hidden."""
+    """New data under used ids is a conflict: nothing re-runs, no old output."""
     processor = Recording()
     runner = make_runner(database, processor)
     runner.run(items("b5", "i1", data={"prompt": "summarise A", "budget_usd": 1}))
@@ -221,7 +221,7 @@ def test_changed_payload_is_conflict(database: Database) -> None:
 
 
 def test_conflict_raises_and_claims_nothing(database: Database) -> None:
-    """C4 over HTTP: the whole request is rejected before anything runs."""
+    """With raise_on_conflict the request is rejected before anything runs."""
     processor = Recording()
     runner = make_runner(database, processor)
     runner.run(items("b5", "i1", data={"budget_usd": 1}))
@@ -255,7 +255,7 @@ def test_other_org_same_ids_is_conflict(database: Database) -> None:
 
 
 def test_duplicate_in_flight_runs_once(database: Database) -> None:
-    """C5: the same item in two concurrent runs executes once."""
+    """The same item in two concurrent runs executes once."""
     entered, release = threading.Event(), threading.Event()
 
     class Blocking(Recording):
@@ -290,7 +290,7 @@ def test_duplicate_in_flight_runs_once(database: Database) -> None:
 
 
 def test_items_that_cannot_finish_not_started(database: Database) -> None:
-    """C8: 10 items of 2 s with 15 s: the rest is handed back before the timeout."""
+    """Ten 2 s items in 15 s: those that cannot finish are not started."""
     clock = FakeClock()
     processor = ClockProcessor(clock, 2.0)
     runner = make_runner(database, processor)

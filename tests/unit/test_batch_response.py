@@ -1,4 +1,4 @@
-"""Partial batch responses: exact shape, and safe answers to malformed input."""
+"""Partial batch responses: exact shape, and safe responses to malformed input."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ EVERY_MESSAGE = {
 
 
 def test_one_failure_exact_shape() -> None:
-    """C6: m2 fails, so the response names exactly m2."""
+    """When m2 fails the response names exactly m2."""
     response = build_partial_response(RECORDS, ["m2"])
 
     assert response == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
@@ -67,7 +67,7 @@ def test_event_order_kept() -> None:
     ],
 )
 def test_unknown_identifier_reports_every_message(bad_id: object) -> None:
-    """An id Lambda cannot match would fail the whole batch; say so explicitly."""
+    """Lambda fails the whole batch for an id it cannot match, so report all."""
     response = build_partial_response(RECORDS, ["m2", bad_id])
 
     assert response == EVERY_MESSAGE

@@ -48,14 +48,14 @@ def no_retry_waits() -> Iterator[None]:
         yield
 
 
-# ------------------------------------------------------------ leases (C2)
+# ------------------------------------------------------------ leases
 
 
 @pytest.mark.parametrize(
     "remaining_s", [0.0, -5.0, None, math.nan, math.inf, -math.inf]
 )
 def test_lease_always_finite(remaining_s: float | None) -> None:
-    """C2: zero, negative, missing or odd remaining times still give a finite lease."""
+    """Zero, negative, missing or odd remaining times give a finite lease."""
     lease = compute_lease_seconds(remaining_s, SETTINGS)
 
     assert math.isfinite(lease)
@@ -70,7 +70,7 @@ def test_lease_follows_time_left() -> None:
 
 
 def test_lease_of_c1_ends_before_redelivery() -> None:
-    """C1: a 3 s Lambda's lease ends before the 30 s visibility timeout."""
+    """A 3 s Lambda's lease ends before a 30 s visibility timeout."""
     assert compute_lease_seconds(3.0, SETTINGS) < 31.0
 
 
@@ -130,7 +130,7 @@ def test_settings_reject_bad_json(monkeypatch: pytest.MonkeyPatch) -> None:
         BatchSettings.from_env()
 
 
-# ------------------------------------------------------------ keys and hashes (C3)
+# ------------------------------------------------------------ keys and hashes
 
 
 @pytest.mark.parametrize("raw", [None, "", "   ", 7, ["i1"], "x" * 513])

@@ -2,8 +2,8 @@
 
 Each item runs under the key ``batch:{batchId}:item:{itemId}`` with status
 ``in_progress``, ``completed`` or ``failed``. A run claims all its keys in one
-statement; a claim is a lease that ends at ``lease_until``, after which another
-worker may take the item over. A completed key returns its stored output and
+statement. A claim is a lease that ends at ``lease_until``, and after that
+another worker may take the item over. A completed key returns its stored output and
 never runs again; the same key with another payload is a conflict.
 
 Entry points: :class:`BatchRunner` (library), :func:`process_batch` (one

@@ -22,7 +22,7 @@ from resilience.errors import (
 
 __all__ = ["LLMProcessor", "ServiceProcessor"]
 
-# The provider name of the chain's template answer.
+# Provider name the LLM chain reports for its local template response.
 TEMPLATE_PROVIDER = "local"
 
 _TAKEOVER_POLICIES = ("retry", "escalate")
@@ -45,7 +45,7 @@ class ServiceProcessor:
     "POST", "path": "/refunds", "body": {...}}``; options may fix ``service``,
     ``method`` and ``path`` instead. The item's idempotency key is sent as the
     ``Idempotency-Key`` header. 5xx, 429, timeouts, connection errors and an
-    open breaker are retryable; other 4xx answers fail the item for good.
+    open breaker are retryable; other 4xx responses fail the item for good.
 
     Options: ``sideEffects`` (default true), ``takeoverPolicy`` (``retry`` or
     ``escalate``, default ``retry``), ``expectedDurationS`` (default 1.0).
@@ -97,17 +97,17 @@ class ServiceProcessor:
 
         if response.status == 429:
             raise RateLimitedError(
-                f"{service} answered 429", service=service, retry_after=None
+                f"{service} returned HTTP 429", service=service, retry_after=None
             )
         if response.status >= 500:
             raise UpstreamServerError(
-                f"{service} answered {response.status}",
+                f"{service} returned HTTP {response.status}",
                 service=service,
                 status=response.status,
             )
         if response.status >= 400:
             raise UpstreamClientError(
-                f"{service} answered {response.status}: the request is invalid "
+                f"{service} returned HTTP {response.status}: the request is invalid "
                 "for that service",
                 service=service,
                 status=response.status,
@@ -119,9 +119,9 @@ class LLMProcessor:
     """Complete a prompt through the fallback chain (``resilience.llm``).
 
     The item's data is ``{"prompt": "..."}`` or ``{"messages": [...]}`` with
-    optional ``maxTokens``. An answer from the local template (every provider
+    optional ``maxTokens``. A response from the local template (every provider
     failed) is a retryable failure (``degraded``) unless the option
-    ``acceptDegraded`` is true; an answer from a later provider of the chain
+    ``acceptDegraded`` is true; a response from a later provider of the chain
     completes the item.
 
     Options: ``acceptDegraded`` (default false), ``tier`` (default
@@ -181,7 +181,7 @@ class LLMProcessor:
         # answer from the local template alone makes the item fail.
         if result.provider == TEMPLATE_PROVIDER and not self.accept_degraded:
             raise DegradedAnswerError(
-                "only the template answered; retry when a provider is back, or "
+                "only the local template responded; retry when a provider is back, or "
                 "set acceptDegraded on this processor"
             )
         return output

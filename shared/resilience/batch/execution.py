@@ -105,9 +105,9 @@ def run_item(
 
     ``make_context(n)`` builds the context of the n-th call in this run. The
     first call is made outside stamina, so that items which succeed at once
-    cost nothing extra; its failure is re-raised as stamina's first attempt,
-    so every wait comes from stamina, whose test mode
-    (``stamina.set_testing``) removes them.
+    cost nothing extra. Its failure is re-raised as stamina's first attempt,
+    so every wait comes from stamina. Stamina's test mode
+    (``stamina.set_testing``) removes the waits.
     """
     calls = _Calls()
     try:

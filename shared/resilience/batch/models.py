@@ -51,7 +51,10 @@ class ItemStatus(StrEnum):
 
 
 class Reason(StrEnum):
-    """Why an item did not complete. Retryable reasons may succeed later."""
+    """Reason code of an item that did not complete.
+
+    An item failed for a retryable reason may complete on a later delivery.
+    """
 
     # Retryable: the same request can succeed on a later delivery.
     TIMEOUT = "timeout"
@@ -119,8 +122,8 @@ def validate_batch_id(raw: object) -> str:
 def validate_item_id(raw: object) -> str | None:
     """Return the item id, or None when it is missing, empty, blank or not text.
 
-    None means the item is rejected on its own with reason ``missing item id``;
-    it never gets a key, so it can never share one with another item.
+    None means the item is rejected on its own with reason ``missing item id``.
+    Such an item never gets a key, so it can never share one with another item.
     """
     if not isinstance(raw, str) or not raw.strip():
         return None

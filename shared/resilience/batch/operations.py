@@ -3,8 +3,8 @@
 Re-driving sends a failed item's stored data back to the batch-items queue
 after marking the row retryable, so that its next delivery runs it again even
 when its failure was final (the operator fixed the cause). Completed items are
-never selected, and an item that completes in the meantime answers its next
-delivery from the stored row, so a re-drive never runs a completed item.
+never selected. An item that completes in the meantime returns its stored
+result on its next delivery, so a re-drive never runs a completed item.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Processors are found by name. Built in: ``echo`` (returns the data, for demos
 and tests), ``service`` (calls a registered service through its breaker) and
 ``llm`` (completes a prompt through the fallback chain). Others are registered
 in ``BATCH_PROCESSORS`` as ``{"name": {"import": "package.module:factory",
-"options": {...}}}``; an item can only name a registered processor, never an
+"options": {...}}}``. An item can only name a registered processor, never an
 import path, so a request cannot load arbitrary code.
 """
 
@@ -45,7 +45,7 @@ TakeoverPolicy = Literal["retry", "escalate"]
 
 @dataclass(frozen=True)
 class ItemContext:
-    """What a processor receives for one call.
+    """Input of one processor call.
 
     ``attempt`` counts calls for this item across deliveries, starting at 1.
     ``remaining_s`` returns the seconds this call may use (the run's time left

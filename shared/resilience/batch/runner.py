@@ -9,7 +9,7 @@ A run goes through these steps:
    keys stored with another payload hash are conflicts; keys leased by a live
    worker are handed back.
 3. Run the claimed items in order. Before each, the time left must cover the
-   item's expected duration plus the reserve; items that do not fit are not
+   item's expected duration plus the reserve. Items that do not fit are not
    started and are handed back. In FIFO mode, a failure hands back the rest of
    its message group unstarted.
 4. Record the outcomes: one statement for processors without side effects;
@@ -68,7 +68,7 @@ class BatchRun:
     """The results of one run, in the order the items were given.
 
     ``run_id`` names the run in audit rows and LLM usage (the Lambda request
-    id when there is one); ``owner`` is the unique lease owner of its claims.
+    id when there is one). ``owner`` is the unique lease owner of its claims.
     """
 
     run_id: str

@@ -2,7 +2,7 @@
 
 A ``batch-items`` message body is ``{"batchId": "...", "item": {"id": "...",
 "data": {...}, "processor": "..."}}`` (``processor`` optional). The handler
-answers ``{"batchItemFailures": [{"itemIdentifier": "<messageId>"}]}`` naming
+returns ``{"batchItemFailures": [{"itemIdentifier": "<messageId>"}]}`` naming
 only the messages to deliver again, so SQS deletes the rest. Lambda treats an
 identifier that is empty or not in the event as a failure of the whole batch,
 so :func:`build_partial_response` never emits one.
@@ -156,7 +156,7 @@ def process_sqs_event(
         processor=processor,
         context=context,  # type: ignore[arg-type]
     )
-    # Report a message when either Powertools or the runner says it failed.
+    # Report a message when either Powertools or the runner reports it failed.
     entries: list[dict[str, Any]] = list(response.get(FAILURES_KEY) or [])  # type: ignore[call-overload]
     failed: list[object] = [entry.get(IDENTIFIER_KEY) for entry in entries]
     failed += [mid for mid, r in by_message.items() if r.handed_back]
@@ -216,7 +216,7 @@ def build_partial_response(
     not a messageId of the event (a receipt handle, an internal key, an empty
     value) cannot be reported on its own, so every message of the event is
     reported instead: the batch is delivered again, and items already
-    completed answer from their stored rows.
+    completed return their stored results.
 
     Raises:
         MalformedBatchResponseError: a record has no messageId, so a failure

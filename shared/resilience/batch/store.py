@@ -139,7 +139,7 @@ class ClaimRequest:
 
 @dataclass(frozen=True)
 class ClaimRow:
-    """The claim statement's answer for one key."""
+    """Result row of the claim statement for one key."""
 
     key: str
     claimed: bool
