@@ -1,10 +1,10 @@
 """Failover benchmark: this project's LLM chain against LiteLLM's Router.
 
 Both run in one process against the same local LLM server
-(``local/llm_server.py``, started here as a child process), with the same
-providers (openai gpt-4o-mini first, anthropic claude-haiku-4-5 as the
-fallback), the response cache off, a distinct prompt per request, and a
-usage row written to PostgreSQL inside the timing for every system.
+(``local/llm_server.py``, started here as a child process). They use the
+same providers: openai gpt-4o-mini first, anthropic claude-haiku-4-5 as the
+fallback. The response cache is off, every request has a prompt of its own,
+and every system writes a usage row to PostgreSQL inside the timing.
 
 Scenarios: ``healthy``, ``primary_529``, ``primary_429_retry_after``
 (Retry-After: 7), ``primary_hang`` (2 s attempt timeout) and

@@ -4,9 +4,9 @@ Route (API Gateway HTTP API):
 
 - ``POST /completions`` ``{"prompt": "...", "maxTokens": 500}`` (or
   ``"messages": [{"role", "content"}]``; optional ``tier``, ``cache``,
-  ``deadlineS``, ``temperature``) answers ``{ok, model, provider, output,
+  ``deadlineS``, ``temperature``) returns ``{ok, model, provider, output,
   degraded, cached, usage, cost}``. ``{"prompts": ["...", ...]}`` completes
-  up to ``LLM_MAX_PROMPTS`` prompts (default 20) at once and answers
+  up to ``LLM_MAX_PROMPTS`` prompts (default 20) at once and returns
   ``{ok, results: [...]}`` in request order. 400 names the invalid field;
   429 when the org's hard daily budget is spent; 400 or 422 when the
   provider rejects the prompt itself (too long, content policy).
@@ -72,7 +72,7 @@ KNOWN_FIELDS = {*FIELDS, "prompts"}
 def parse_requests(
     body: dict[str, Any], org_id: str, run_id: str
 ) -> tuple[list[CompletionRequest], bool]:
-    """Build the requests of a body; the flag says whether it was the list form."""
+    """Build the requests of a body; the flag is True for the ``prompts`` form."""
     unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
         raise ValidationError(

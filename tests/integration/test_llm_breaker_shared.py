@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[2]
 
 # Sends 100 requests through a chain built from the environment and prints
-# the providers that answered, as a fresh Lambda instance would.
+# the providers that responded, as a fresh Lambda instance would.
 CHILD = """
 import json, sys, uuid
 from resilience.llm import CompletionRequest, LLMChain
@@ -79,7 +79,7 @@ def test_new_process_skips_open_breaker(
     assert providers.count("openai") == len(llm.requests("openai")) - 3
     assert len(usage_rows(database)) == 103
 
-    # AND after the cooldown a probe reaches the primary, which answers again
+    # AND after the cooldown a probe reaches the primary, which responds again
     time.sleep(max(0.0, opened_until - time.time()) + 0.2)
     after = make_chain().complete(CompletionRequest(prompt="probe", run_id="probe-1"))
     assert after.provider == "openai"

@@ -51,7 +51,7 @@ def _timed(chain: Any, request: CompletionRequest, **kwargs: Any) -> tuple[Any, 
     return result, time.monotonic() - started
 
 
-def test_healthy_primary_answers(
+def test_healthy_primary_responds(
     make_chain, database: Database, llm: LLMControl
 ) -> None:
     request = _request()
@@ -117,14 +117,14 @@ def test_primary_failure_falls_back(
 def test_rate_limit_opens_breaker_for_retry_after(
     make_chain, database: Database, llm: LLMControl
 ) -> None:
-    # GIVEN the primary answers 429 with Retry-After: 7
+    # GIVEN the primary returns 429 with Retry-After: 7
     llm.fail("openai", "429", retryAfter=7)
     chain = make_chain()
 
     # WHEN one request fails over
     first, elapsed = _timed(chain, _request())
 
-    # THEN the fallback answers at once, without sleeping 7 s
+    # THEN the fallback responds at once, without sleeping 7 s
     assert first.provider == "anthropic"
     assert elapsed < 3
     # AND another instance (fresh breakers, same Redis) skips the primary
@@ -157,7 +157,7 @@ def test_hang_costs_one_attempt_timeout(
     assert [row["provider"] for row in rows] == ["anthropic"]
 
 
-def test_everything_down_answers_template(
+def test_everything_down_returns_template(
     make_chain, database: Database, llm: LLMControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}"

@@ -61,7 +61,7 @@ def test_stream_healthy_records_usage_once(
 def test_overload_event_first_falls_back(
     make_chain, database: Database, llm: LLMControl, monkeypatch, provider: str
 ) -> None:
-    # GIVEN the primary answers 200 text/event-stream whose first event is an
+    # GIVEN the primary returns 200 text/event-stream whose first event is an
     # overloaded error
     if provider == "anthropic":
         monkeypatch.setenv(
@@ -74,7 +74,7 @@ def test_overload_event_first_falls_back(
 
     stream, pieces, elapsed = _stream(make_chain())
 
-    # THEN nothing from the primary reaches the caller, and the fallback answers
+    # THEN nothing from the primary reaches the caller, and the fallback responds
     result = stream.result
     assert result is not None
     assert result.provider == fallback

@@ -71,11 +71,11 @@ class Outcome:
 class Attempt:
     """Run one provider call under its breaker, budget reservation and timeout.
 
-    ``start`` returns None when the step is skipped before any call (breaker
-    open, deadline spent); ``run`` makes the call and reports its outcome to
-    the breaker. The budget callbacks reserve and release the attempt's
-    maximum cost; they raise ``BudgetExceededError`` themselves when the
-    chain must refuse.
+    ``start`` returns None when the call may go ahead, or the outcome of a
+    step skipped before any call (breaker open, over the hard budget).
+    ``run`` makes the call and reports its outcome to the breaker. The budget
+    callbacks reserve and release the attempt's maximum cost, and raise
+    ``BudgetExceededError`` themselves when the request must be rejected.
     """
 
     def __init__(

@@ -1,12 +1,12 @@
 """The fallback chain: one deadline, one breaker per (provider, model), then a template.
 
 A call walks its tier's steps in order. Each step is skipped while its
-breaker is open; otherwise it gets an attempt timeout that fits inside the
+breaker is open, and otherwise gets an attempt timeout that fits inside the
 call's deadline. Transient, rate-limited and configuration errors move on to
-the next step at once (a Retry-After opens that step's breaker until then);
-a context-window error moves to the step's larger-window model when one is
-configured; other client errors are returned to the caller. When no
-provider answers in time, the template answer does.
+the next step at once, and a Retry-After opens that step's breaker until
+then. A context-window error moves to the step's larger-window model when
+one is configured. Other client errors are raised to the caller. When no
+provider responds in time, the result is the template answer.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = ["MIN_ATTEMPT_S", "LLMChain"]
 
 logger = logging.getLogger(__name__)
 
-# Below this much time left, no provider is asked: the template answers.
+# Below this much time left, no provider is called: the template answer is used.
 MIN_ATTEMPT_S = 0.05
 
 
@@ -187,7 +187,7 @@ class LLMChain:
         return max(0.0, min(limits) - self.config.deadline_margin_s)
 
     def _walk(self, state: CallState, queue: list[TierStep]) -> Outcome | None:
-        """Try the steps in order; return the answering outcome or None."""
+        """Try the steps in order; return the successful outcome or None."""
         while queue:
             step = queue.pop(0)
             if step.is_template:
@@ -277,8 +277,8 @@ class LLMChain:
         budget = self.config.hard_budget_usd
         if budget is None or not state.reserve_budget:
             return Decimal(0)
-        # NOTE: a model without a price reserves nothing, so it is not held
-        # to the hard budget; the missing price is alerted when it answers.
+        # NOTE: a model without a price reserves nothing, so the hard budget
+        # does not limit it. The missing price is alerted when it responds.
         amount = self.max_cost(state, step) or Decimal(0)
         org = state.request.org_id
         try:

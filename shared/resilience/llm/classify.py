@@ -58,7 +58,7 @@ Translator = Callable[[BaseException, str], ResilienceError]
 
 
 class ErrorClass(enum.StrEnum):
-    """What went wrong with a provider call, by what the chain does next."""
+    """Error class of a failed provider call, named for what the chain does next."""
 
     TRANSIENT = "transient"
     RATE_LIMITED = "rate_limited"

@@ -28,7 +28,7 @@ def run_hedged(
     """Run ``step``, and ``partner`` too when ``step`` is slow.
 
     Returns:
-        The winning outcome (or a failure when neither answered), and whether
+        The winning outcome (or a failure when neither succeeded), and whether
         ``partner`` was used, so the chain does not try it again.
     """
     first = chain.make_attempt(state, step)

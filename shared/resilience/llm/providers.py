@@ -2,7 +2,7 @@
 
 Clients are built once per container, with the SDK's own retries off
 (``max_retries=0``) because the chain owns the retry policy. The SDKs are
-imported on first use; :func:`preload_sdks` imports them and builds the
+imported on first use. :func:`preload_sdks` imports them and builds the
 clients in a background thread during the Lambda init phase, so that a
 request that falls back does not wait for the fallback SDK's import
 (``anthropic`` 2.17 took 1.2 s to 4.1 s on Python 3.12 with
@@ -55,7 +55,8 @@ ENV_MOCK_URL = "LLM_MOCK_URL"
 ENV_KEYS_SECRET = "PROVIDER_KEYS_SECRET"
 DEFAULT_MOCK_URL = "http://127.0.0.1:8788"
 MOCK_API_KEY = "local-mock-key"
-# Connecting is quick or not at all; the rest of the attempt is for the answer.
+# A reachable server accepts a connection quickly, so the rest of the attempt
+# is left for the response.
 CONNECT_TIMEOUT_S = 2.0
 
 _ENV = {
@@ -66,7 +67,7 @@ _ENV = {
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """One piece of a streamed answer: text, or the final usage."""
+    """One piece of a streamed response: text, or the final usage."""
 
     text: str = ""
     usage: Usage | None = None
@@ -100,7 +101,7 @@ class Provider(Protocol):
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """Where a provider's client points and with which key."""
+    """Base URL and key of one provider's client."""
 
     provider: str
     api_key: str
@@ -116,7 +117,7 @@ class ClientSettings:
         if base_url is None and mock:
             mock_url = os.environ.get(ENV_MOCK_URL) or DEFAULT_MOCK_URL
             base_url = mock_url.rstrip("/") + mock_suffix
-        # A real key is never sent to the local stand-in.
+        # In mock mode the real key is not sent to the local stand-in.
         api_key = MOCK_API_KEY if mock or not key else key
         return cls(provider, api_key, base_url, mock)
 
@@ -374,8 +375,8 @@ def preload_sdks(providers: list[str]) -> threading.Thread | None:
                 importlib.import_module(_SDK_MODULES[name])
                 get_provider(name)
             except Exception:
-                # The request that needs this client will build it and fail
-                # in the open; here a failure only costs the head start.
+                # The request that needs this client builds it again and reports
+                # the failure, so a failure here only costs the head start.
                 logger.warning("llm.preload_failed", extra={"sdk": name}, exc_info=True)
 
     thread = threading.Thread(target=_preload, name="llm-sdk-preload", daemon=True)

@@ -54,7 +54,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class ProviderAnswer:
-    """What one provider call returned."""
+    """Text, usage and model returned by one provider call."""
 
     text: str
     usage: Usage
