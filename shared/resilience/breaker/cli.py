@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     service = registry.services.get(args.service)
     if service is None and not args.any_name:
-        known = ", ".join(sorted(registry.services)) or "none registered"
+        known = ", ".join(sorted(registry.services)) or "none"
         sys.stderr.write(
             f"service {args.service!r} is not registered in BREAKER_SERVICES "
             f"(registered: {known}); pass --any-name for other breakers\n"
