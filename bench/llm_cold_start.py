@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTION_DIR = ROOT / "functions" / "graceful_degradation"
@@ -61,7 +62,7 @@ def import_time(env: dict[str, str], pycache: str | None) -> float:
     return int(line.split("|")[1]) / 1e6
 
 
-def first_fallback(env: dict[str, str], pause_s: float) -> dict[str, object]:
+def first_fallback(env: dict[str, str], pause_s: float) -> dict[str, Any]:
     event = ROOT / "tests" / "events" / "llm" / "post_completion.json"
     done = subprocess.run(
         [sys.executable, "-c", FIRST_REQUEST, str(pause_s), str(event)],
@@ -111,7 +112,7 @@ def main() -> int:
             first_fallback({**env, "LLM_PRELOAD_SDKS": preload}, pause)
             for _ in range(3)
         ]
-        request_s = sorted(run["request_s"] for run in runs)[1]  # type: ignore[arg-type]
+        request_s = sorted(run["request_s"] for run in runs)[1]
         providers = {run["provider"] for run in runs}
         print(
             f"{label}: {request_s:.3f} s (answered by {', '.join(sorted(providers))})"
