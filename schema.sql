@@ -150,6 +150,7 @@ ALTER TABLE escalation_token
     ADD COLUMN IF NOT EXISTS slack_channel text,
     ADD COLUMN IF NOT EXISTS slack_ts text,
     ADD COLUMN IF NOT EXISTS reminded_at timestamptz,
+    ADD COLUMN IF NOT EXISTS resumed_at timestamptz,
     ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
 CREATE INDEX IF NOT EXISTS escalation_token_status_idx
     ON escalation_token (status, created_at);

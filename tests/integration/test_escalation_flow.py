@@ -86,6 +86,8 @@ def test_approve_resumes_with_edited_data(harness: Harness) -> None:
     assert status["decision"]["decidedBy"] == "anyone"
     assert status["decision"]["channel"] == "link"
     assert status["decision"]["delivery"] == "delivered"
+    assert status["decision"]["data"] == {"refund": 100}
+    assert status["resumedAt"] is not None
 
 
 def test_reject_with_reason_ends_rejected(harness: Harness) -> None:
@@ -103,6 +105,7 @@ def test_reject_with_reason_ends_rejected(harness: Harness) -> None:
     status = harness.status(started["id"])
     assert status["status"] == "rejected"
     assert status["decision"]["reason"] == "not allowed"
+    assert status["decision"]["data"] is None
 
 
 def test_cancel_by_requester(harness: Harness) -> None:

@@ -82,6 +82,7 @@ class EscalationRecord:
     decided_channel: str | None = None
     decided_data: dict[str, Any] | None = None
     completed_at: datetime | None = None
+    resumed_at: datetime | None = None
     delivery: str | None = None
     notify_state: str = "waiting"
     slack_channel: str | None = None
@@ -93,7 +94,11 @@ class EscalationRecord:
         return self.resolved_at is None
 
     def to_json(self) -> dict[str, Any]:
-        """Return the status view of the API (no task token, no link secrets)."""
+        """Return the status view of the API (no task token, no link secrets).
+
+        ``completedAt`` is when the workflow's outcome was recorded and
+        ``resumedAt`` when the resume handler handed it to its source.
+        """
         decision = None
         if self.resolved_at is not None:
             decision = {
@@ -103,6 +108,8 @@ class EscalationRecord:
                 "channel": self.decided_channel,
                 "reason": self.decision_reason,
                 "delivery": self.delivery,
+                # The approved data, edited or not; None for other outcomes.
+                "data": self.decided_data,
             }
         return {
             "id": self.id,
@@ -115,6 +122,7 @@ class EscalationRecord:
             "createdAt": self.created_at.isoformat(),
             "expiresAt": self.expires_at.isoformat(),
             "completedAt": self.completed_at.isoformat() if self.completed_at else None,
+            "resumedAt": self.resumed_at.isoformat() if self.resumed_at else None,
             "decision": decision,
         }
 

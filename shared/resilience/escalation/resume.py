@@ -108,6 +108,11 @@ def record_outcome(
 
     _dispatch(service, result)
     with service.database.transaction() as connection:
+        connection.execute(
+            "UPDATE escalation_token SET resumed_at = now(), updated_at = now() "
+            "WHERE task_run_id = %s",
+            (escalation_id,),
+        )
         write_audit(
             connection,
             pattern="escalation",

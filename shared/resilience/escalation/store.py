@@ -172,6 +172,7 @@ def row_to_record(row: dict[str, Any], encryptor: Encryptor) -> EscalationRecord
         decided_channel=row["decided_channel"],
         decided_data=decided_data,
         completed_at=row["completed_at"],
+        resumed_at=row.get("resumed_at"),
         delivery=row.get("delivery"),
         notify_state=row["notify_state"],
         slack_channel=row["slack_channel"],
