@@ -554,3 +554,17 @@ def test_redelivered_outcome_resumes_once(harness: Harness) -> None:
     assert delivered == 2
     assert [r.outcome for r in RESUMED] == ["approved"]
     assert harness.status(started["id"])["status"] == "approved"
+
+
+def test_page_escapes_data_and_reason(harness: Harness) -> None:
+    payload = "</textarea><script>alert(1)</script>"
+    started = start_and_notify(
+        harness, data={"note": payload}, reason=f"<img src=x onerror=alert(1)>{payload}"
+    )
+
+    page = harness.open_link(started["approvalUrl"])
+
+    assert page["statusCode"] == 200
+    assert "<script" not in page["body"]
+    assert "<img" not in page["body"]
+    assert "&lt;/textarea&gt;&lt;script&gt;" in page["body"]
