@@ -233,7 +233,10 @@ def _run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     # SIGTERM (from a test or a supervisor) stops the stack like Ctrl-C does.
+    # SIGINT is set too because a shell that starts the stack in the
+    # background makes it inherit SIGINT as ignored.
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     try:
         info = stack.start()
         print(control.banner(info), flush=True)
