@@ -75,6 +75,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a template parameter (repeatable)",
     )
     run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set an environment variable in every function, after the template "
+        "and the local overrides, e.g. LLM_BREAKER_RESET_S=5 (repeatable)",
+    )
+    run.add_argument(
         "--workers",
         type=int,
         default=2,
@@ -222,6 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         port=args.port,
         moto_port=args.moto_port or args.port + 1,
         parameters=_parse_pairs(args.parameter, "parameter"),
+        extra_env=_parse_pairs(args.env, "--env setting"),
         max_workers=args.workers,
         retry_visibility_s=args.retry_visibility,
         schedule_interval_s=args.schedule_interval,

@@ -15,14 +15,16 @@ server:
 - ``TRUST_ORG_ID_HEADER=true`` (the org id comes from ``X-Org-Id``), ``APP_URL``;
 - Slack and PagerDuty: the stand-ins; LLM providers: the local LLM server,
   unless real keys are set and ``LLM_MOCK`` is not ``1``;
-- ``BREAKER_SERVICES``: the template's services plus ``demo``.
+- the ``--env NAME=VALUE`` settings of ``python -m local``;
+- ``BREAKER_SERVICES``: the configured services plus ``demo`` when they do
+  not name a ``demo`` of their own.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from local.aws import LOCAL_CREDENTIALS
@@ -68,6 +70,7 @@ class LocalValues:
     pagerduty_url: str
     secrets: dict[str, str]
     demo_reset_timeout_s: float = 10.0
+    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 def function_environment(spec: FunctionSpec, values: LocalValues) -> dict[str, str]:
@@ -89,6 +92,7 @@ def function_environment(spec: FunctionSpec, values: LocalValues) -> dict[str, s
     env.update(values.secrets)
     env.update(_alerting(values))
     env.update(_llm_providers(values))
+    env.update(values.extra_env)
     env["BREAKER_SERVICES"] = _breaker_services(env.get("BREAKER_SERVICES", ""), values)
     return env
 

@@ -54,6 +54,8 @@ class StackOptions:
     stack_name: str = "agent-resilience"
     region: str = "us-east-1"
     parameters: dict[str, str] = field(default_factory=dict)
+    # Set in every function's environment, after the local overrides.
+    extra_env: dict[str, str] = field(default_factory=dict)
     max_workers: int = 2
     # Local speed-ups; None keeps the template's timing.
     retry_visibility_s: int | None = None
@@ -115,6 +117,7 @@ class LocalStack:
             pagerduty_url=stand_ins["pagerduty"].url,
             secrets=self._local_secrets(),
             demo_reset_timeout_s=options.demo_reset_timeout_s,
+            extra_env=options.extra_env,
         )
         self._start_functions(functions, local_values)
 

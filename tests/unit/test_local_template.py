@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from local.cfn import IntrinsicResolver, TemplateError, load_template
+from local.environment import LocalValues, function_environment
 from local.gateway import _compile, build_http_event, match_route
 from local.model import HttpRoute, read_functions, resources_of_type
 from local.pollers import sqs_record
@@ -207,3 +208,72 @@ def test_sqs_record_shape() -> None:
         "binaryListValues": [],
         "dataType": "String",
     }
+
+
+def _local_values(**overrides: object) -> LocalValues:
+    values = {
+        "root": ROOT,
+        "region": "us-east-1",
+        "moto_url": "http://127.0.0.1:3001",
+        "app_url": "http://127.0.0.1:3000",
+        "database_url": "postgresql://postgres@127.0.0.1:5/db",
+        "redis_url": "redis://127.0.0.1:6/0",
+        "llm_url": "http://127.0.0.1:7",
+        "demo_url": "http://127.0.0.1:8",
+        "slack_url": "http://127.0.0.1:9",
+        "pagerduty_url": "http://127.0.0.1:10",
+        "secrets": {"LINK_SIGNING_KEY": "k" * 40},
+    }
+    values.update(overrides)
+    return LocalValues(**values)  # type: ignore[arg-type]
+
+
+def test_function_environment_overrides(
+    resolver: IntrinsicResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real")
+    monkeypatch.setenv("LLM_MOCK", "1")
+    spec = next(
+        f
+        for f in read_functions(resolver, ROOT)
+        if f.logical_id == "CircuitBreakerFunction"
+    )
+
+    env = function_environment(
+        spec, _local_values(extra_env={"BATCH_MAX_ATTEMPTS": "2"})
+    )
+
+    assert env["POWERTOOLS_SERVICE_NAME"] == "circuit-breaker"
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:3001"
+    assert env["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:5/db"
+    assert env["TRUST_ORG_ID_HEADER"] == "true"
+    assert env["APP_URL"] == "http://127.0.0.1:3000"
+    assert env["LINK_SIGNING_KEY"] == "k" * 40
+    assert env["BATCH_MAX_ATTEMPTS"] == "2"
+    assert "DATABASE_URL_SECRET" not in env
+    assert "ALERTING_SECRET" not in env
+    assert "ESCALATION_KMS_KEY_ARN" not in env
+    # LLM_MOCK=1 keeps the local LLM server even though a real key is set.
+    assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:7/v1"
+    assert env["OPENAI_API_KEY"] == "sk-local"
+    assert env["PYTHONPATH"].split(":") == [
+        str(ROOT / "functions" / "circuit_breaker"),
+        str(ROOT / "shared"),
+    ]
+    demo = json.loads(env["BREAKER_SERVICES"])["demo"]
+    assert demo["baseUrl"] == "http://127.0.0.1:8"
+
+
+def test_real_llm_keys_without_mock(
+    resolver: IntrinsicResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-real")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("LLM_MOCK", raising=False)
+    spec = read_functions(resolver, ROOT)[0]
+
+    env = function_environment(spec, _local_values())
+
+    assert env["ANTHROPIC_API_KEY"] == "sk-ant-real"
+    assert "ANTHROPIC_BASE_URL" not in env
+    assert "OPENAI_BASE_URL" not in env
