@@ -184,8 +184,13 @@ def _http_response(invocation: Invocation) -> tuple[int, list[tuple[str, str]], 
     raw_body = result.get("body") or ""
     if result.get("isBase64Encoded"):
         body_bytes = base64.b64decode(raw_body)
+    elif isinstance(raw_body, str):
+        body_bytes = raw_body.encode("utf-8")
     else:
-        body_bytes = str(raw_body).encode("utf-8")
+        # API Gateway expects a string body: serialise it, and warn so the
+        # handler gets fixed.
+        logger.warning("gateway.body_not_a_string type=%s", type(raw_body).__name__)
+        body_bytes = json.dumps(raw_body).encode("utf-8")
     if not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("Content-Type", "application/json"))
     return int(result["statusCode"]), headers, body_bytes

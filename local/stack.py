@@ -308,6 +308,8 @@ class LocalStack:
         path = self.options.state_dir / STATE_FILE
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.info, indent=2))
+        # The database URL may carry a password.
+        temporary.chmod(0o600)
         temporary.replace(path)
 
     def stop(self) -> None:
