@@ -218,7 +218,14 @@ class FunctionPool:
         """Start one worker and wait until its handler is imported."""
         with self._condition:
             self._count += 1
-        worker = self._start_worker()
+        try:
+            worker = self._start_worker()
+        except (TimeoutError, WorkerError) as exc:
+            # The stack still starts; each invocation tries a new worker.
+            logger.error(
+                "function.start_failed function=%s error=%r", self.spec.logical_id, exc
+            )
+            return
         with self._condition:
             self._idle.append(worker)
             self._condition.notify()
