@@ -8,10 +8,10 @@ server:
 
 - ``DATABASE_URL``, ``REDIS_URL`` (or the Upstash settings when set),
   ``REDIS_KEY_PREFIX`` when set;
-- AWS: ``AWS_ENDPOINT_URL`` (moto), credentials ``testing``, the region, the
-  Lambda runtime variables; the ``*_SECRET`` names are removed so nothing
-  reads Secrets Manager, and ``ESCALATION_KMS_KEY_ARN`` is removed so
-  escalation data is encrypted with ``ESCALATION_LOCAL_KEY``;
+- AWS: ``AWS_ENDPOINT_URL`` (moto), credentials ``testing``, the region and
+  the Lambda runtime variables. The ``*_SECRET`` names are removed, so
+  nothing reads Secrets Manager. ``ESCALATION_KMS_KEY_ARN`` is removed too,
+  so escalation data is encrypted with ``ESCALATION_LOCAL_KEY``;
 - ``TRUST_ORG_ID_HEADER=true`` (the org id comes from ``X-Org-Id``), ``APP_URL``;
 - Slack and PagerDuty: the stand-ins; LLM providers: the local LLM server,
   unless real keys are set and ``LLM_MOCK`` is not ``1``;

@@ -210,14 +210,14 @@ class LocalStack:
         # rows stay valid when the stack restarts on the same database.
         path = self.options.state_dir / "secrets.json"
         stored = json.loads(path.read_text()) if path.exists() else {}
-        wanted = {
+        generators = {
             "LINK_SIGNING_KEY": lambda: secrets.token_urlsafe(48),
             "ESCALATION_LOCAL_KEY": lambda: base64.b64encode(os.urandom(32)).decode(),
             "WEBHOOK_SIGNING_SECRET": lambda: secrets.token_urlsafe(32),
             "SLACK_SIGNING_SECRET": lambda: secrets.token_hex(16),
         }
         changed = False
-        for name, make in wanted.items():
+        for name, make in generators.items():
             if name not in stored:
                 stored[name] = make()
                 changed = True
@@ -327,7 +327,7 @@ class LocalStack:
 
 
 class StackStartError(RuntimeError):
-    """The stack cannot start; the message says what to change."""
+    """The stack cannot start. The message names the setting to change."""
 
 
 def _require_free_port(port: int, setting: str) -> None:
