@@ -1,7 +1,7 @@
 """Operator commands: ``python -m resilience <pattern> <command> [options]``.
 
 Each pattern keeps its commands in ``resilience.<pattern>.cli`` with a
-``main(argv) -> int`` function; this module only picks the pattern and passes
+``main(argv) -> int`` function. This module only picks the pattern and passes
 the remaining arguments on. ``db`` is handled here because the schema belongs
 to no single pattern::
 
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(command: Callable[[list[str]], object], argv: list[str]) -> int:
-    # argparse exits through SystemExit on --help and on invalid arguments;
-    # turning that into a return value keeps main() callable from tests.
+    # argparse raises SystemExit on --help and on invalid arguments. Turning
+    # that into a return value keeps main() callable from tests.
     try:
         result = command(argv)
     except SystemExit as exc:
