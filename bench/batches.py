@@ -1,11 +1,12 @@
 """Benchmark: the batch runner against a per-item lookup-then-insert loop.
 
 Both sides record 10,000 items with a no-op processor on the same PostgreSQL
-in one run. The baseline is what an ORM does per item: look the key up, then
-insert the result, each statement committed on its own. The runner claims a
-whole batch in one statement and records it in one more. A second baseline
-does the runner's work item by item (look up, insert the claim, update the
-outcome, each committed on its own) and is reported beside the first.
+in one run, in alternating rounds of one runner batch each. The baseline is
+what an ORM does per item: look the key up, then insert the result, each
+statement committed on its own. The runner claims a whole batch in one
+statement and records it in one more. A second baseline does the runner's
+work item by item (look up, insert the claim, update the outcome, each
+committed on its own) and is reported beside the first.
 
 Also counted: statements per batch (each transaction's ``SET LOCAL`` included)
 for batches of 10 and 1,000 items, without and with side effects.
@@ -82,6 +83,11 @@ class _CountingConnection:
         self._owner.statements += 1
         return self._connection.execute(*args, **kwargs)
 
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        return _CountingConnection(
+            self._connection.cursor(*args, **kwargs), self._owner
+        )
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
 
@@ -100,42 +106,43 @@ class CountingDatabase(Database):
             yield _CountingConnection(conn, self)
 
 
-def naive_loop(url: str, batch_id: str, count: int, *, claim: bool = False) -> float:
+def naive_round(
+    conn: psycopg.Connection[Any], batch_id: str, start: int, stop: int, *, claim: bool
+) -> float:
     """Look each key up, then insert its result; autocommit, as an ORM would.
 
     With ``claim``, insert an in-progress row first and update it with the
     outcome afterwards, which is the work the runner does.
     """
     processor = NoOp()
-    with psycopg.connect(url, autocommit=True) as conn:
-        started = time.perf_counter()
-        for n in range(count):
-            item_id = f"i{n}"
-            key = idempotency_key(batch_id, item_id)
-            data = {"n": n}
-            found = conn.execute(
-                "SELECT status, output FROM batch_item WHERE idempotency_key = %s",
-                (key,),
-            ).fetchone()
-            if found is not None:
-                continue
-            digest = payload_hash(data, processor="noop", org_id="default")
-            status = "in_progress" if claim else "completed"
-            output = None if claim else processor.process(None)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    for n in range(start, stop):
+        item_id = f"i{n}"
+        key = idempotency_key(batch_id, item_id)
+        data = {"n": n}
+        found = conn.execute(
+            "SELECT status, output FROM batch_item WHERE idempotency_key = %s",
+            (key,),
+        ).fetchone()
+        if found is not None:
+            continue
+        digest = payload_hash(data, processor="noop", org_id="default")
+        status = "in_progress" if claim else "completed"
+        output = None if claim else processor.process(None)  # type: ignore[arg-type]
+        conn.execute(
+            "INSERT INTO batch_item (batch_id, item_id, idempotency_key, status, "
+            "attempts, output, payload_hash, data) "
+            "VALUES (%s, %s, %s, %s, 1, %s, %s, %s)",
+            (batch_id, item_id, key, status, Jsonb(output), digest, Jsonb(data)),
+        )
+        if claim:
+            output = processor.process(None)  # type: ignore[arg-type]
             conn.execute(
-                "INSERT INTO batch_item (batch_id, item_id, idempotency_key, status, "
-                "attempts, output, payload_hash, data) "
-                "VALUES (%s, %s, %s, %s, 1, %s, %s, %s)",
-                (batch_id, item_id, key, status, Jsonb(output), digest, Jsonb(data)),
+                "UPDATE batch_item SET status = 'completed', success = true, "
+                "output = %s, updated_at = now() WHERE idempotency_key = %s",
+                (Jsonb(output), key),
             )
-            if claim:
-                output = processor.process(None)  # type: ignore[arg-type]
-                conn.execute(
-                    "UPDATE batch_item SET status = 'completed', success = true, "
-                    "output = %s, updated_at = now() WHERE idempotency_key = %s",
-                    (Jsonb(output), key),
-                )
-        return time.perf_counter() - started
+    return time.perf_counter() - started
 
 
 def _runner(database: Database) -> BatchRunner:
@@ -151,19 +158,31 @@ def _items(batch_id: str, start: int, stop: int, processor: str) -> list[BatchIt
     ]
 
 
-def runner_loop(url: str, batch_id: str, count: int, batch_size: int) -> float:
+def measure(url: str, count: int, batch_size: int) -> dict[str, float]:
+    """Time the three subjects in alternating rounds of ``batch_size`` items.
+
+    Alternating spreads load spikes from other programs over all subjects
+    alike, which matters on a shared machine.
+    """
+    totals = {"naive": 0.0, "claim": 0.0, "runner": 0.0}
     database = Database(DatabaseConfig(url=url))
     runner = _runner(database)
     try:
-        started = time.perf_counter()
-        for start in range(0, count, batch_size):
-            stop = min(count, start + batch_size)
-            run = runner.run(_items(batch_id, start, stop, "noop"))
-            if run.completed != stop - start:
-                raise RuntimeError(f"batch {start}-{stop} did not complete: {run}")
-        return time.perf_counter() - started
+        with psycopg.connect(url, autocommit=True) as conn:
+            for start in range(0, count, batch_size):
+                stop = min(count, start + batch_size)
+                totals["naive"] += naive_round(conn, "naive", start, stop, claim=False)
+                totals["claim"] += naive_round(
+                    conn, "naive-claim", start, stop, claim=True
+                )
+                started = time.perf_counter()
+                run = runner.run(_items("runner", start, stop, "noop"))
+                totals["runner"] += time.perf_counter() - started
+                if run.completed != stop - start:
+                    raise RuntimeError(f"batch {start}-{stop} did not complete")
     finally:
         database.close()
+    return totals
 
 
 def statements_per_batch(url: str, size: int, processor: str) -> int:
@@ -233,9 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     with scratch_database(args.database_url) as url:
         facts = server_facts(url)
-        naive_s = naive_loop(url, "naive", args.items)
-        claim_s = naive_loop(url, "naive-claim", args.items, claim=True)
-        runner_s = runner_loop(url, "runner", args.items, args.batch_size)
+        totals = measure(url, args.items, args.batch_size)
+        naive_s, claim_s, runner_s = totals["naive"], totals["claim"], totals["runner"]
         counts = {
             str(size): statements_per_batch(url, size, "noop") for size in (10, 1000)
         }

@@ -276,6 +276,11 @@ class _CountingConnection:
         self._counter.statements += 1
         return self._connection.execute(*args, **kwargs)
 
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        return _CountingConnection(
+            self._connection.cursor(*args, **kwargs), self._counter
+        )
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from resilience.db import Database
 
@@ -126,8 +126,7 @@ ORDER BY id
 """
 
 
-@dataclass(frozen=True)
-class ClaimRequest:
+class ClaimRequest(NamedTuple):
     batch_id: str
     item_id: str
     key: str
@@ -137,9 +136,8 @@ class ClaimRequest:
     org_id: str
 
 
-@dataclass(frozen=True)
-class ClaimRow:
-    """Result row of the claim statement for one key."""
+class ClaimRow(NamedTuple):
+    """Result row of the claim statement for one key, in its column order."""
 
     key: str
     claimed: bool
@@ -154,8 +152,9 @@ class ClaimRow:
     output: Any
 
 
-@dataclass(frozen=True)
-class Completion:
+class Completion(NamedTuple):
+    """Outcome of one item to record (status ``in_progress`` hands it back)."""
+
     key: str
     status: str
     success: bool | None
@@ -204,11 +203,11 @@ class BatchStore:
             "owner": owner,
         }
         if connection is not None:
-            rows = connection.execute(_CLAIM, params).fetchall()
+            rows = _claim_rows(connection, params)
         else:
             with self.database.transaction() as conn:
-                rows = conn.execute(_CLAIM, params).fetchall()
-        return {row["idempotency_key"]: _claim_row(row) for row in rows}
+                rows = _claim_rows(conn, params)
+        return {row.key: row for row in rows}
 
     def mark_started(self, key: str, *, owner: str) -> bool:
         """Record that a side-effecting call is about to start; False: lease lost."""
@@ -259,17 +258,10 @@ def _json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, separators=(",", ":"), allow_nan=False)
 
 
-def _claim_row(row: dict[str, Any]) -> ClaimRow:
-    return ClaimRow(
-        key=row["idempotency_key"],
-        claimed=bool(row["claimed"]),
-        claimed_attempts=row["claimed_attempts"],
-        taken_over=bool(row["taken_over"]),
-        status=row["status"],
-        payload_hash=row["payload_hash"],
-        attempts=row["attempts"],
-        reason=row["reason"],
-        error=row["error"],
-        retryable=row["retryable"],
-        output=row["output"],
-    )
+def _claim_rows(
+    connection: psycopg.Connection[Any], params: dict[str, Any]
+) -> list[ClaimRow]:
+    # Plain tuples: building a dict per row costs more than the rest of the
+    # row's handling.
+    cursor = connection.cursor(row_factory=tuple_row)
+    return [ClaimRow._make(row) for row in cursor.execute(_CLAIM, params)]
