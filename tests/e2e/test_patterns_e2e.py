@@ -275,19 +275,19 @@ def test_escalation_approved_through_form(local_stack: LocalStackHandle) -> None
     assert execution["status"] == "SUCCEEDED"
     assert json.loads(execution["output"])["decision"]["data"] == edited
 
-    # The resume handler updates the Slack message once it has the outcome.
-    # NOTE: the data it received is not visible over HTTP or SQS: it replies
-    # only to a replyTo attribute, which the state machine's message lacks.
-    updated = wait_until(
-        lambda: _slack_calls(slack, "/api/chat.update", escalation["id"]),
-        timeout_s=20,
-        what="Slack message updated by the resume handler",
-    )
-    assert len(updated) == 1
-    record = client.get(f"/escalations/{escalation['id']}").json()
+    # The resume handler stamps resumedAt when it has handed the outcome on,
+    # and updates the Slack message.
+    def resumed() -> dict[str, Any] | None:
+        record = client.get(f"/escalations/{escalation['id']}").json()
+        return record if record.get("resumedAt") else None
+
+    record = wait_until(resumed, timeout_s=20, what="escalation resumed")
     assert record["status"] == "approved"
     assert record["decision"]["decision"] == "approve"
     assert record["decision"]["delivery"] == "delivered"
+    assert record["decision"]["data"] == edited
+    updated = _slack_calls(slack, "/api/chat.update", escalation["id"])
+    assert len(updated) == 1
 
 
 def _slack_calls(slack_url: str, path: str, needle: str) -> list[dict[str, Any]]:
