@@ -80,8 +80,9 @@ format: install ## Format the code with ruff
 	$(RUFF_FORMAT) .
 	$(BIN)/ruff check --fix .
 
-build: $(SAM) ## Build the SAM application (layer and functions) into .aws-sam/
+build: $(SAM) ## Build the layer and functions into .aws-sam/, then import each handler against the built layer
 	PATH="$(dir $(PYTHON312)):$$PATH" $(SAM) build
+	$(SAM_VENV)/bin/python layers/resilience/check_build.py .aws-sam/build
 
 deploy: build ## Deploy to AWS with the samconfig.toml environment ENV (dev, staging or prod; default dev)
 	$(SAM) deploy --config-env $(ENV)
