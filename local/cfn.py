@@ -139,9 +139,14 @@ class IntrinsicResolver:
                 f"unknown template parameters {unknown}: valid names are "
                 f"{sorted(declared)}"
             )
-        values = {}
+        values: dict[str, Any] = {}
         for name, spec in declared.items():
-            values[name] = overrides.get(name, (spec or {}).get("Default", ""))
+            value = overrides.get(name, (spec or {}).get("Default", ""))
+            kind = str((spec or {}).get("Type", "String"))
+            # List parameters resolve to lists, as in CloudFormation.
+            if kind == "CommaDelimitedList" or kind.startswith("List<"):
+                value = value if isinstance(value, list) else str(value).split(",")
+            values[name] = value
         return values
 
     def pseudo_parameters(self) -> dict[str, str]:

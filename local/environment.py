@@ -87,8 +87,11 @@ def function_environment(spec: FunctionSpec, values: LocalValues) -> dict[str, s
     if values.redis_url:
         env["REDIS_URL"] = values.redis_url
     env["TRUST_ORG_ID_HEADER"] = "true"
+    # Template parameters that are empty by default get local values.
     if not env.get("APP_URL"):
         env["APP_URL"] = values.app_url
+    if not env.get("SLACK_CHANNEL"):
+        env["SLACK_CHANNEL"] = "#agent-escalations"
     env.update(values.secrets)
     env.update(_alerting(values))
     env.update(_llm_providers(values))
@@ -121,7 +124,6 @@ def _alerting(values: LocalValues) -> dict[str, str]:
         "SLACK_WEBHOOK_URL": f"{values.slack_url}/services/T0LOCAL/B0LOCAL/local",
         "SLACK_API_URL": f"{values.slack_url}/api",
         "SLACK_BOT_TOKEN": "xoxb-local-stand-in",
-        "SLACK_CHANNEL": "#agent-escalations",
         "PAGERDUTY_EVENTS_URL": f"{values.pagerduty_url}/v2/enqueue",
         "PAGERDUTY_ROUTING_KEY": "local-routing-key",
     }

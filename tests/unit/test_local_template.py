@@ -277,3 +277,15 @@ def test_real_llm_keys_without_mock(
     assert env["ANTHROPIC_API_KEY"] == "sk-ant-real"
     assert "ANTHROPIC_BASE_URL" not in env
     assert "OPENAI_BASE_URL" not in env
+
+
+def test_list_parameter_resolves_to_list() -> None:
+    template = {
+        "Parameters": {"Subnets": {"Type": "CommaDelimitedList", "Default": "a,b"}},
+        "Resources": {},
+    }
+
+    resolver = IntrinsicResolver(template)
+
+    assert resolver.resolve({"Ref": "Subnets"}) == ["a", "b"]
+    assert resolver.resolve({"Fn::Join": ["-", {"Ref": "Subnets"}]}) == "a-b"
