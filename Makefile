@@ -67,10 +67,10 @@ $(SAM):
 	test -x $(SAM_VENV)/bin/python || $(PYTHON312) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==$(SAM_CLI_VERSION)
 
-lint: install $(SAM) ## Run ruff, mypy (library, local stack, each function), cfn-lint and sam validate
+lint: install $(SAM) ## Run ruff, mypy (library, local stack, layer check, each function), cfn-lint and sam validate
 	$(BIN)/ruff check .
 	$(RUFF_FORMAT) --check .
-	$(BIN)/mypy shared/resilience local
+	$(BIN)/mypy shared/resilience local layers/resilience
 	@for dir in $(FUNCTION_DIRS); do echo "$(BIN)/mypy $$dir"; $(BIN)/mypy "$$dir" || exit 1; done
 	$(BIN)/cfn-lint template.yaml
 	$(SAM) validate --lint
