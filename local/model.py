@@ -7,6 +7,7 @@ template, so the local stack never keeps a second list of routes or queues.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ __all__ = [
     "read_functions",
     "resources_of_type",
 ]
+
+logger = logging.getLogger(__name__)
 
 _RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
 _RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -153,16 +156,19 @@ def _read_events(
             )
         elif event_type == "SQS":
             spec.sqs_events.append(_sqs_event(spec.logical_id, name, properties))
-        elif event_type == "Schedule":
+        elif event_type in ("Schedule", "ScheduleV2"):
             spec.schedules.append(_schedule_event(spec.logical_id, name, properties))
         elif event_type == "SNS":
             spec.sns_events.append(
                 SnsEvent(spec.logical_id, name, str(properties["Topic"]))
             )
         else:
-            raise TemplateError(
-                f"{spec.logical_id}.{name}: event type {event_type!r} is not run by "
-                "the local stack (supported: HttpApi, SQS, Schedule, SNS)"
+            logger.warning(
+                "event.skipped function=%s event=%s type=%s: the local stack runs "
+                "HttpApi, SQS, Schedule and SNS events only",
+                spec.logical_id,
+                name,
+                event_type,
             )
 
 
@@ -183,7 +189,9 @@ def _sqs_event(function: str, name: str, properties: dict[str, Any]) -> SqsEvent
 def _schedule_event(
     function: str, name: str, properties: dict[str, Any]
 ) -> ScheduleEvent:
-    expression = str(properties.get("Schedule", ""))
+    expression = str(
+        properties.get("Schedule") or properties.get("ScheduleExpression") or ""
+    )
     match = _RATE.match(expression)
     interval = None
     if match:
@@ -196,5 +204,6 @@ def _schedule_event(
         expression=expression,
         interval_s=interval,
         input=raw_input,
-        enabled=bool(properties.get("Enabled", True)),
+        enabled=bool(properties.get("Enabled", True))
+        and properties.get("State", "ENABLED") != "DISABLED",
     )
