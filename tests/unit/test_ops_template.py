@@ -287,6 +287,7 @@ def test_every_alarm_notifies_alert_topic(template: dict[str, Any]) -> None:
     assert len(alarms) >= 5
     for name, alarm in alarms.items():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlertTopic"}], name
+        assert alarm["Properties"]["OKActions"] == [{"Ref": "AlertTopic"}], name
 
 
 def test_alarm_metrics_have_no_dimensions(template: dict[str, Any]) -> None:
