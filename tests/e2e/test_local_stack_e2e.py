@@ -61,7 +61,9 @@ def test_fifo_group_waits_for_failed_message(local_stack: LocalStackHandle) -> N
     x2 = wait_until(second_message_done, timeout_s=45, what="x2 processed")
     assert x2["attempts"] == 1
     dead = sqs.receive_message(
-        QueueUrl=local_stack.queue_url("batch-items-dlq.fifo"), WaitTimeSeconds=2
+        QueueUrl=local_stack.queue_url("batch-items-dlq.fifo"),
+        MaxNumberOfMessages=10,
+        WaitTimeSeconds=2,
     )
     bodies = [json.loads(m["Body"]) for m in dead.get("Messages") or []]
     assert {"batchId": batch_id, "item": messages[0][1]} in bodies

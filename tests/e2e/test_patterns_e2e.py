@@ -181,7 +181,10 @@ def test_sqs_poison_message_reaches_dlq(local_stack: LocalStackHandle) -> None:
 
     # maxReceiveCount is 5; a failed message comes back after 1 s.
     def message_in_dlq() -> list[dict[str, Any]] | None:
-        response = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=1)
+        # Other tests' poison messages share the DLQ: take several at once.
+        response = sqs.receive_message(
+            QueueUrl=dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        )
         mine = [m for m in response.get("Messages") or [] if batch_id in m["Body"]]
         return mine or None
 
