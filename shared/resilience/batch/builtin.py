@@ -48,7 +48,8 @@ class ServiceProcessor:
     open breaker are retryable; other 4xx responses fail the item for good.
 
     Options: ``sideEffects`` (default true), ``takeoverPolicy`` (``retry`` or
-    ``escalate``, default ``retry``), ``expectedDurationS`` (default 1.0).
+    ``escalate``, default ``retry``), ``escalationType`` (default
+    ``batch_takeover``), ``expectedDurationS`` (default 1.0).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class ServiceProcessor:
         path: str | None = None,
         side_effects: bool = True,
         takeover_policy: str = "retry",
+        escalation_type: str = "batch_takeover",
         expected_duration_s: float = 1.0,
     ) -> None:
         self.name = name
@@ -68,6 +70,7 @@ class ServiceProcessor:
         self.path = path
         self.side_effects = bool(side_effects)
         self.takeover_policy = _policy(name, takeover_policy)
+        self.escalation_type = escalation_type
         self.expected_duration_s = float(expected_duration_s)
 
     def __repr__(self) -> str:

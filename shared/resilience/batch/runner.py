@@ -60,6 +60,10 @@ logger = logging.getLogger(__name__)
 
 _CLAIM_DEADLOCK_RETRIES = 3
 
+# Escalation type of take-overs whose processor names none. When
+# ESCALATION_TYPES lists types, it must list this one too.
+DEFAULT_ESCALATION_TYPE = "batch_takeover"
+
 EscalateFn = Callable[..., Any]
 
 
@@ -449,7 +453,9 @@ class BatchRunner:
                     "the item is retried"
                 ),
                 org_id=w.item.org_id,
-                escalation_type="batch_takeover",
+                escalation_type=getattr(
+                    w.processor, "escalation_type", DEFAULT_ESCALATION_TYPE
+                ),
                 source=source,
             )
         except Exception as error:  # any failure leaves the item for a later try
