@@ -309,13 +309,21 @@ class Gateway:
 
             def _serve(self) -> None:
                 body = self._read_body()
-                status, headers, response_body = gateway.handle(
-                    self.command,
-                    self.path,
-                    list(self.headers.items()),
-                    body,
-                    self.client_address[0],
-                )
+                try:
+                    status, headers, response_body = gateway.handle(
+                        self.command,
+                        self.path,
+                        list(self.headers.items()),
+                        body,
+                        self.client_address[0],
+                    )
+                except Exception:
+                    # A bug in the gateway itself: answer as API Gateway does
+                    # for an internal failure rather than cutting the connection.
+                    logger.exception("gateway.failed path=%s", self.path)
+                    status, headers, response_body = _json_error(
+                        HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error"
+                    )
                 self.send_response(status)
                 for name, value in headers:
                     self.send_header(name, value)
