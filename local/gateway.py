@@ -318,7 +318,7 @@ class Gateway:
                         self.client_address[0],
                     )
                 except Exception:
-                    # A bug in the gateway itself: answer as API Gateway does
+                    # A bug in the gateway itself: return 500 as API Gateway does
                     # for an internal failure rather than cutting the connection.
                     logger.exception("gateway.failed path=%s", self.path)
                     status, headers, response_body = _json_error(
