@@ -415,3 +415,27 @@ def test_audit_row_with_counts(database: Database) -> None:
         "failed": 1,
         "handedBack": 0,
     }
+
+
+def test_repeated_id_in_one_run(database: Database) -> None:
+    """A repeated id shares the first outcome, or is compared with the stored row."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+    runner.run([BatchItem("b11", "i1", {"v": 0}, "recording")])
+
+    run = runner.run(
+        [
+            BatchItem("b11", "i1", {"v": 1}, "recording"),
+            BatchItem("b11", "i1", {"v": 0}, "recording"),
+            BatchItem("b11", "i2", {"v": 0}, "recording"),
+            BatchItem("b11", "i2", {"v": 0}, "recording"),
+            BatchItem("b11", "i2", {"v": 1}, "recording"),
+        ]
+    )
+
+    reasons = [r.reason for r in run.results]
+    assert reasons == ["payload_mismatch", None, None, None, "payload_mismatch"]
+    assert run.results[1].cached is True
+    assert run.results[3].cached is True
+    assert run.results[3].output == run.results[2].output
+    assert processor.calls == {"i1": 1, "i2": 1}

@@ -104,8 +104,8 @@ class _Work:
     processor: Processor
     claim: ClaimRow | None = None
     base_attempts: int = 0
-    duplicate_of: int | None = None
-    completions: list[Completion] = field(default_factory=list)
+    # The first item of this run with the same key; set on later ones.
+    duplicate_of: _Work | None = None
 
 
 class BatchRunner:
@@ -161,6 +161,10 @@ class BatchRunner:
         run = BatchRun(run_id=run_id or uuid.uuid4().hex, results=[])
         results: list[ItemResult | None] = [None] * len(items)
         work = self._prepare(items, results)
+        if raise_on_conflict:
+            for w in work:
+                if w.duplicate_of is not None and w.duplicate_of.hash != w.hash:
+                    raise IdempotencyConflictError(w.key)
 
         primaries = [w for w in work if w.duplicate_of is None]
         if primaries:
@@ -174,7 +178,9 @@ class BatchRunner:
 
         for w in work:
             if w.duplicate_of is not None:
-                results[w.index] = _duplicate_result(w, results[w.duplicate_of])
+                results[w.index] = _duplicate_result(
+                    w, w.duplicate_of, results[w.duplicate_of.index]
+                )
 
         run.results = [r for r in results if r is not None]
         self._finish(run)
@@ -218,15 +224,9 @@ class BatchRunner:
                 hash=digest,
                 processor=processor,
             )
-            first = first_by_key.get(entry.key)
-            if first is not None:
-                entry.duplicate_of = first.index
-                if first.hash != digest:
-                    entry.duplicate_of = None
-                    results[index] = _conflict(item, None)
-                    continue
-            else:
-                first_by_key[entry.key] = entry
+            entry.duplicate_of = first_by_key.setdefault(entry.key, entry)
+            if entry.duplicate_of is entry:
+                entry.duplicate_of = None
             work.append(entry)
         return work
 
@@ -709,20 +709,43 @@ def _unclaimed_result(w: _Work, row: ClaimRow | None) -> ItemResult:
     )
 
 
-def _duplicate_result(w: _Work, first: ItemResult | None) -> ItemResult:
-    """Result of a repeated key in one run: the first occurrence's outcome."""
-    if first is None:  # pragma: no cover (every primary gets a result)
+def _duplicate_result(
+    w: _Work, first: _Work, first_result: ItemResult | None
+) -> ItemResult:
+    """Result of a key repeated in one run, decided after its first item ran.
+
+    With the first item's payload it shares that item's outcome. With other
+    data it is compared with what is stored: the stored row's result when
+    the payload matches the row, otherwise a conflict.
+    """
+    if first_result is None:  # pragma: no cover (every first item gets a result)
         return _not_started(w, Reason.NOT_STARTED)
-    return ItemResult(
-        w.item,
-        first.status,
-        attempts=first.attempts,
-        reason=first.reason,
-        error=first.error,
-        retryable=first.retryable,
-        cached=True,
-        output=first.output,
-    )
+    if first.hash == w.hash:
+        return ItemResult(
+            w.item,
+            first_result.status,
+            attempts=first_result.attempts,
+            reason=first_result.reason,
+            error=first_result.error,
+            retryable=first_result.retryable,
+            cached=True,
+            output=first_result.output,
+        )
+    row = first.claim
+    if row is None:
+        # Nothing was claimed (no time left, PostgreSQL unavailable): the key's
+        # stored payload is unknown, so the item goes back like its first one.
+        if first_result.retryable:
+            return ItemResult(
+                w.item,
+                first_result.status,
+                reason=first_result.reason,
+                retryable=True,
+            )
+        return _conflict(w.item, None)
+    if not row.claimed and (row.status is None or row.payload_hash == w.hash):
+        return _unclaimed_result(w, row)
+    return _conflict(w.item, row)
 
 
 def _completion(w: _Work, result: ItemResult) -> Completion:
