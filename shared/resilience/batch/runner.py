@@ -417,11 +417,16 @@ class BatchRunner:
             return ItemResult(
                 w.item, ItemStatus.COMPLETED, attempts=attempts, output=outcome.output
             )
-        if not outcome.retryable:
-            logger.warning(
-                "batch.item_failed",
-                extra={"key": w.key, "reason": outcome.reason, "error": outcome.error},
-            )
+        logger.warning(
+            "batch.item_failed",
+            extra={
+                "key": w.key,
+                "reason": outcome.reason,
+                "retryable": outcome.retryable,
+                "attempts": attempts,
+                "error": outcome.error,
+            },
+        )
         return ItemResult(
             w.item,
             ItemStatus.FAILED,
