@@ -340,3 +340,31 @@ def test_sqs_duplicate_in_flight_hands_back_one(
     assert rows["i1"]["status"] == "in_progress"
     assert rows["i1"]["attempts"] == 1
     assert rows["i2"]["status"] == "completed"
+
+
+def test_get_shows_expired_lease(handler: ModuleType, database: Database) -> None:
+    """An item whose worker stopped shows reason lease_expired once its lease ends."""
+    from resilience.batch import BatchItem, BatchRunner, BatchSettings
+
+    class Crashes:
+        name = "echo"
+        side_effects = False
+        takeover_policy = "retry"
+        expected_duration_s = 0.0
+
+        def process(self, context: Any) -> Any:
+            raise KeyboardInterrupt  # leaves the claim in place, like a crash
+
+    runner = BatchRunner(database, settings=BatchSettings())
+    runner.registry.register(Crashes())
+    with pytest.raises(KeyboardInterrupt):
+        runner.run([BatchItem("b13", "i1", {"n": 1}, "echo")])
+    with database.transaction() as conn:
+        conn.execute("UPDATE batch_item SET lease_until = now() - interval '1 second'")
+
+    event = http_event("GET", "/batches/b13", path_parameters={"batchId": "b13"})
+    body = body_of(call(handler, event))
+
+    assert body["inProgressCount"] == 1
+    assert body["results"][0]["status"] == "in_progress"
+    assert body["results"][0]["reason"] == "lease_expired"

@@ -365,3 +365,20 @@ def test_bad_processor_config(entry: Any, message: str) -> None:
 
     with pytest.raises(ConfigError, match=message):
         registry.get("x")
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, None),
+        ({}, None),
+    ],
+)
+def test_service_retry_after_seconds(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    from resilience.batch.builtin import _retry_after_s
+
+    assert _retry_after_s(headers) == expected

@@ -38,6 +38,17 @@ def _policy(name: str, value: object) -> TakeoverPolicy:
     return "escalate" if value == "escalate" else "retry"
 
 
+def _retry_after_s(headers: dict[str, str]) -> float | None:
+    """Return a ``Retry-After`` given in seconds; an HTTP date counts as absent."""
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
 class ServiceProcessor:
     """Call a service registered in ``BREAKER_SERVICES`` through its breaker.
 
@@ -100,7 +111,9 @@ class ServiceProcessor:
 
         if response.status == 429:
             raise RateLimitedError(
-                f"{service} returned HTTP 429", service=service, retry_after=None
+                f"{service} returned HTTP 429",
+                service=service,
+                retry_after=_retry_after_s(response.headers),
             )
         if response.status >= 500:
             raise UpstreamServerError(

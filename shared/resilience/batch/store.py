@@ -58,6 +58,8 @@ claimed AS (
         lease_owner = EXCLUDED.lease_owner,
         success = NULL,
         retryable = NULL,
+        reason = NULL,
+        error = NULL,
         updated_at = now()
     WHERE b.payload_hash = EXCLUDED.payload_hash
       AND ((b.status = 'failed' AND b.retryable)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from resilience.batch.models import ItemResult, ItemStatus
+from resilience.batch.models import ItemResult, ItemStatus, Reason
 from resilience.batch.runner import BatchRun
 from resilience.batch.store import BatchStore
 from resilience.db import Database
@@ -47,6 +48,7 @@ def stored_summary(database: Database, batch_id: str, *, org_id: str) -> dict[st
             f"batch {batch_id!r} not found: no item of it was recorded for this org",
             resource="batch",
         )
+    now = datetime.now(UTC)
     results = []
     for row in rows:
         entry: dict[str, Any] = {
@@ -61,7 +63,12 @@ def stored_summary(database: Database, batch_id: str, *, org_id: str) -> dict[st
         if row["status"] == ItemStatus.FAILED:
             entry["retryable"] = bool(row["retryable"])
             entry["error"] = row["error"]
-        if row["status"] == ItemStatus.IN_PROGRESS and row["lease_until"] is not None:
-            entry["leaseUntil"] = row["lease_until"].isoformat()
+        lease_until = row["lease_until"]
+        if row["status"] == ItemStatus.IN_PROGRESS and lease_until is not None:
+            entry["leaseUntil"] = lease_until.isoformat()
+            if entry["reason"] is None and lease_until <= now:
+                # Its worker stopped without recording an outcome; the next
+                # delivery takes it over.
+                entry["reason"] = str(Reason.LEASE_EXPIRED)
         results.append(entry)
     return _summary(batch_id, results)
