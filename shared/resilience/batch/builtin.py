@@ -137,7 +137,7 @@ class LLMProcessor:
     The item's data is ``{"prompt": "..."}`` or ``{"messages": [...]}`` with
     optional ``maxTokens``. A response from the local template (every provider
     failed) is a retryable failure (``degraded``) unless the option
-    ``acceptDegraded`` is true; a response from a later provider of the chain
+    ``acceptDegraded`` is true. A response from a later provider of the chain
     completes the item.
 
     Options: ``acceptDegraded`` (default false), ``tier`` (default
@@ -193,8 +193,8 @@ class LLMProcessor:
             raise TransientError(
                 f"LLM chain failed: {result.reason or 'no reason given'}"
             )
-        # The chain marks any answer after its first step as degraded; only an
-        # answer from the local template alone makes the item fail.
+        # The chain marks every response after its first step as degraded, so
+        # only a response from the local template makes the item fail.
         if result.provider == TEMPLATE_PROVIDER and not self.accept_degraded:
             raise DegradedAnswerError(
                 "only the local template responded; retry when a provider is back, or "
