@@ -1,10 +1,11 @@
 """The local stack as a pytest fixture: started once per session, on free ports.
 
-``local_stack`` runs ``python -m local`` in a child process. It uses the
-session's fresh database and Redis (see tests/conftest.py) with a Redis key
-prefix of its own. The local LLM server is forced on (``LLM_MOCK=1``, provider
-keys removed), so no test reaches a real provider. Failed SQS messages come
-back after 1 s, and the demo service's breaker cools down in 2 s.
+``local_stack`` runs ``python -m local`` in a child process. It uses a
+database of its own on the session's PostgreSQL server, and the session's
+Redis (see tests/conftest.py) with a key prefix of its own. The local LLM
+server is forced on (``LLM_MOCK=1``, provider keys removed), so no test
+reaches a real provider. Failed SQS messages come back after 1 s, and the
+demo service's breaker cools down in 2 s.
 
 The fixture waits until the stack has written its ``stack.json``, and stops
 it with SIGTERM at the end. The stack's output goes to ``local-stack.log`` in
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from psycopg import sql
 
 from local.embedded import free_port
 from tests.e2e.harness import LocalStackHandle
@@ -68,8 +71,30 @@ def _wait_for_stack(
 
 
 @pytest.fixture(scope="session")
+def stack_database_url(postgres_server_url: str) -> Iterator[str]:
+    """URL of a database of the stack's own, dropped after the session.
+
+    Not the session database of the other tests: messages the stack is still
+    retrying write rows after the e2e tests end, which tests that empty and
+    count tables must not see. The stack applies schema.sql on start.
+    """
+    name = f"ar_e2e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(postgres_server_url, dbname=name)
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)
+                )
+            )
+
+
+@pytest.fixture(scope="session")
 def local_stack(
-    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    stack_database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalStackHandle]:
     """A running local stack for the whole session."""
     state_dir = tmp_path_factory.mktemp("local-stack")
@@ -94,7 +119,7 @@ def local_stack(
         process = subprocess.Popen(
             command,
             cwd=ROOT,
-            env=_stack_environment(database_url, redis_url),
+            env=_stack_environment(stack_database_url, redis_url),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -46,27 +46,29 @@ def test_fifo_group_waits_for_failed_message(local_stack: LocalStackHandle) -> N
         done = results.get("y1", {}).get("ok") and results.get("x1", {}).get("attempts")
         return results if done else None
 
-    results = wait_until(other_group_done, timeout_s=30, what="group g2 processed")
+    results = wait_until(other_group_done, timeout_s=45, what="group g2 processed")
 
     # THEN g1's second message has not run ahead of the failed one
-    assert results["y1"]["ok"] is True
-    assert results["x1"]["ok"] is False
-    assert results.get("x2", {}).get("status") != "completed"
+    assert results["y1"]["ok"] is True, results
+    assert results["x1"]["ok"] is False, results
+    assert results.get("x2", {}).get("status") != "completed", results
 
     # AND once the failed message reaches the DLQ (maxReceiveCount 5), it runs
     def second_message_done() -> dict[str, Any] | None:
         x2 = _results(client, batch_id).get("x2")
         return x2 if x2 and x2["ok"] else None
 
-    x2 = wait_until(second_message_done, timeout_s=45, what="x2 processed")
-    assert x2["attempts"] == 1
+    x2 = wait_until(second_message_done, timeout_s=60, what="x2 processed")
+    assert x2["attempts"] == 1, x2
     dead = sqs.receive_message(
         QueueUrl=local_stack.queue_url("batch-items-dlq.fifo"),
         MaxNumberOfMessages=10,
         WaitTimeSeconds=2,
     )
     bodies = [json.loads(m["Body"]) for m in dead.get("Messages") or []]
-    assert {"batchId": batch_id, "item": messages[0][1]} in bodies
+    assert {"batchId": batch_id, "item": messages[0][1]} in bodies, (
+        local_stack.log_tail()
+    )
 
 
 def test_alarm_on_topic_reaches_slack(local_stack: LocalStackHandle) -> None:
