@@ -266,11 +266,10 @@ def test_duplicate_in_flight_runs_once(database: Database) -> None:
 
     blocking = Blocking()
     first_results: list[Any] = []
+    other_database = Database(DatabaseConfig(url=database.config.url))
     worker = threading.Thread(
         target=lambda: first_results.append(
-            make_runner(
-                Database(DatabaseConfig(url=database.config.url)), blocking
-            ).run(items("b7", "i1"))
+            make_runner(other_database, blocking).run(items("b7", "i1"))
         )
     )
     worker.start()
@@ -279,6 +278,7 @@ def test_duplicate_in_flight_runs_once(database: Database) -> None:
     duplicate = make_runner(database, blocking).run(items("b7", "i1"))
     release.set()
     worker.join(10)
+    other_database.close()
     redelivered = make_runner(database, blocking).run(items("b7", "i1"))
 
     assert duplicate.results[0].status is ItemStatus.IN_PROGRESS
