@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# The packages the Lambda Python runtime ships besides the standard library.
+# The AWS SDK for Python and its dependencies, which the Lambda runtime includes.
 RUNTIME_PACKAGES = (
     "boto3",
     "botocore",
@@ -116,7 +116,7 @@ def _copy_runtime_packages(target: Path) -> None:
 
 
 def _load_template(path: Path) -> dict[str, Any]:
-    # SAM's own YAML reader understands the CloudFormation short tags.
+    # SAM's own YAML reader parses the CloudFormation short tags such as !Ref.
     from samcli.yamlhelper import yaml_parse
 
     template: dict[str, Any] = yaml_parse(path.read_text())
