@@ -136,6 +136,13 @@ def idempotency_key(batch_id: str, item_id: str) -> str:
     return f"batch:{batch_id}:item:{item_id}"
 
 
+# One encoder for every hash: building one per call costs about as much as
+# encoding a small item.
+_CANONICAL_JSON = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
     """Return the SHA-256 of the item's canonical JSON (org, processor, data).
 
@@ -143,12 +150,8 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
         ValidationError: when ``data`` cannot be written as JSON.
     """
     try:
-        canonical = json.dumps(
-            {"org": org_id, "processor": processor, "data": data},
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
+        canonical = _CANONICAL_JSON.encode(
+            {"org": org_id, "processor": processor, "data": data}
         )
     except (TypeError, ValueError) as exc:
         raise ValidationError(
