@@ -52,7 +52,7 @@ def wait_until(
     *,
     timeout_s: float,
     interval_s: float = 0.25,
-    what: str | None = None,
+    description: str | None = None,
 ) -> T:
     """Call ``probe`` until it returns a truthy value; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -61,6 +61,6 @@ def wait_until(
         if value:
             return value
         if time.monotonic() > deadline:
-            name = what or getattr(probe, "__name__", "condition")
+            name = description or getattr(probe, "__name__", "condition")
             raise AssertionError(f"{name}: not met within {timeout_s} s")
         time.sleep(interval_s)

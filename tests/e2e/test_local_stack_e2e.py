@@ -46,7 +46,9 @@ def test_fifo_group_waits_for_failed_message(local_stack: LocalStackHandle) -> N
         done = results.get("y1", {}).get("ok") and results.get("x1", {}).get("attempts")
         return results if done else None
 
-    results = wait_until(other_group_done, timeout_s=45, what="group g2 processed")
+    results = wait_until(
+        other_group_done, timeout_s=45, description="group g2 processed"
+    )
 
     # THEN g1's second message has not run ahead of the failed one
     assert results["y1"]["ok"] is True, results
@@ -58,7 +60,7 @@ def test_fifo_group_waits_for_failed_message(local_stack: LocalStackHandle) -> N
         x2 = _results(client, batch_id).get("x2")
         return x2 if x2 and x2["ok"] else None
 
-    x2 = wait_until(second_message_done, timeout_s=60, what="x2 processed")
+    x2 = wait_until(second_message_done, timeout_s=60, description="x2 processed")
     assert x2["attempts"] == 1, x2
     dead = sqs.receive_message(
         QueueUrl=local_stack.queue_url("batch-items-dlq.fifo"),
@@ -103,7 +105,7 @@ def test_alarm_on_topic_reaches_slack(local_stack: LocalStackHandle) -> None:
         requests = httpx.get(f"{slack}/_recorded").json()["requests"]
         return [r for r in requests if alarm in json.dumps(r)] or None
 
-    posts = wait_until(forwarded, timeout_s=20, what="alarm forwarded to Slack")
+    posts = wait_until(forwarded, timeout_s=20, description="alarm forwarded to Slack")
     assert posts[0]["path"].startswith("/services/")
 
 

@@ -47,11 +47,11 @@ def test_breaker_opens_then_closes(local_stack: LocalStackHandle, demo: str) -> 
         answers.append(response)
         if response.status_code == 503:
             break
-    refused = answers[-1]
-    assert refused.status_code == 503, refused.text
-    assert refused.json()["error"] == "breaker_open"
-    assert refused.json()["retryAfterMs"] > 0
-    assert "Retry-After" in refused.headers
+    rejected = answers[-1]
+    assert rejected.status_code == 503, rejected.text
+    assert rejected.json()["error"] == "breaker_open"
+    assert rejected.json()["retryAfterMs"] > 0
+    assert "Retry-After" in rejected.headers
     passed = answers[:-1]
     assert 1 <= len(passed) <= 3
     for answer in passed:
@@ -243,7 +243,7 @@ def test_escalation_approved_through_form(local_stack: LocalStackHandle) -> None
     posted = wait_until(
         lambda: _slack_calls(slack, "/api/chat.postMessage", escalation["id"]),
         timeout_s=20,
-        what="Slack message posted by the notify handler",
+        description="Slack message posted by the notify handler",
     )
     assert len(posted) == 1
 
@@ -284,7 +284,7 @@ def test_escalation_approved_through_form(local_stack: LocalStackHandle) -> None
         record = client.get(f"/escalations/{escalation['id']}").json()
         return record if record.get("resumedAt") else None
 
-    record = wait_until(resumed, timeout_s=20, what="escalation resumed")
+    record = wait_until(resumed, timeout_s=20, description="escalation resumed")
     assert record["status"] == "approved"
     assert record["decision"]["decision"] == "approve"
     assert record["decision"]["delivery"] == "delivered"
