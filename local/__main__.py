@@ -41,7 +41,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, default=argparse.SUPPRESS, help=state_dir_help
     )
     parser = argparse.ArgumentParser(
-        prog="python -m local", description=(__doc__ or "").split("\n")[0]
+        prog="python -m local",
+        description="Run template.yaml locally (no AWS account, no Docker), "
+        "or talk to the running local stack. Without a command: run.",
     )
     parser.add_argument(
         "--state-dir",
@@ -185,13 +187,19 @@ def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # `python -m local --port 4000` runs the stack, as `make dev` does.
-    if not any(arg in COMMANDS for arg in args_list):
+    # `python -m local --help` still lists the commands.
+    asks_help = any(arg in ("-h", "--help") for arg in args_list)
+    if not asks_help and not any(arg in COMMANDS for arg in args_list):
         args_list.insert(0, "run")
     args = _build_parser().parse_args(args_list)
 
     if args.command == "run":
         return _run(args)
-    state = read_state(args.state_dir)
+    try:
+        state = read_state(args.state_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.command == "send":
         attributes = _parse_pairs(args.attr, "attribute")
         if args.reply_to:
