@@ -9,11 +9,11 @@ and every system writes a usage row to PostgreSQL inside the timing.
 Scenarios: ``healthy``, ``primary_529``, ``primary_429_retry_after``
 (Retry-After: 7), ``primary_hang`` (2 s attempt timeout) and
 ``after_breaker_open`` (a hanging primary after three failures, measured in
-this process and in a fresh one). Each system answers ``--requests``
-requests per scenario (default 50; 100 after the breaker opened), or fewer
-when a series passes ``--max-series-s`` seconds; the output names the
-count. Baselines: the bare openai SDK call (``healthy``) and the fallback
-alone, the bare anthropic SDK call (every other scenario).
+this process and in a fresh one). The systems take turns, one request
+each per round, for ``--requests`` rounds (default 50; 100 after the breaker
+opened). A system whose requests add up to ``--max-series-s`` seconds stops
+early, and the output names its count. Baselines: the bare openai SDK call
+(``healthy``) and the fallback alone, the bare anthropic SDK call.
 
 LiteLLM runs twice: with retries off (``num_retries=0``) and with its
 default retries. It is imported with ``LITELLM_LOCAL_MODEL_COST_MAP=True``,
@@ -274,16 +274,27 @@ def point_clients_at(base_url: str) -> None:
 
 
 def measure(call: Callable[[], str], count: int, max_series_s: float) -> Series:
-    series = Series()
-    started = time.perf_counter()
-    while len(series.samples) < count:
-        begin = time.perf_counter()
-        provider = call()
-        series.samples.append(time.perf_counter() - begin)
-        series.answered_by[provider] = series.answered_by.get(provider, 0) + 1
-        if time.perf_counter() - started > max_series_s:
-            break
-    return series
+    return measure_interleaved({"only": call}, count, max_series_s)["only"]
+
+
+def measure_interleaved(
+    calls: dict[str, Callable[[], str]], count: int, max_series_s: float
+) -> dict[str, Series]:
+    """Call each system in turn, ``count`` rounds, so load changes hit all alike.
+
+    A system whose samples add up to ``max_series_s`` stops early.
+    """
+    results = {name: Series() for name in calls}
+    for _ in range(count):
+        for name, call in calls.items():
+            series = results[name]
+            if sum(series.samples) > max_series_s:
+                continue
+            begin = time.perf_counter()
+            provider = call()
+            series.samples.append(time.perf_counter() - begin)
+            series.answered_by[provider] = series.answered_by.get(provider, 0) + 1
+    return results
 
 
 # ---------------------------------------------------------------- servers
@@ -371,24 +382,25 @@ def run_scenario(
 ) -> dict[str, Series]:
     env.fail(RULES[scenario])
     count = 100 if scenario == "after_breaker_open" else args.requests
-    baseline = "bare_primary" if scenario == "healthy" else "fallback_alone"
+    baselines: tuple[str, ...] = ("bare_primary", "fallback_alone")
+    if scenario != "healthy":
+        baselines = ("fallback_alone",)
     results: dict[str, Series] = {}
 
-    baselines = (
-        ("bare_primary", "fallback_alone") if scenario == "healthy" else (baseline,)
-    )
+    calls: dict[str, Callable[[], str]] = {}
     for system in (*baselines, *SYSTEMS):
         prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-        call = systems.build(system, prefix)
+        calls[system] = systems.build(system, prefix)
         if scenario == "after_breaker_open" and system not in baselines:
             # Three failures open our breaker (and LiteLLM's cooldown, if any).
             for _ in range(3):
-                call()
-            results[f"{system}_fresh_process"] = _fresh_process(
-                env, system, prefix, args
-            )
-        results[system] = measure(call, count, args.max_series_s)
-        _progress(scenario, system, results[system])
+                calls[system]()
+            fresh = _fresh_process(env, system, prefix, args)
+            results[f"{system}_fresh_process"] = fresh
+
+    for system, series in measure_interleaved(calls, count, args.max_series_s).items():
+        results[system] = series
+        _progress(scenario, system, series)
     return results
 
 

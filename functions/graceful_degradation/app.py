@@ -238,4 +238,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
 
 # Last, so the module's own imports are not slowed by the background import.
-warm_up()
+preload = warm_up()

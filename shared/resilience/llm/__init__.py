@@ -139,4 +139,19 @@ def warm_up(tier: str = "default") -> threading.Thread | None:
             providers.append(step.provider)
     from resilience.llm.providers import preload_sdks
 
-    return preload_sdks(providers)
+    return preload_sdks(providers, also=_preload_stores)
+
+
+def _preload_stores() -> None:
+    """Import the breaker, Redis and alert modules a first request needs."""
+    import logging
+
+    try:
+        import resilience.alerts
+        import resilience.breaker  # noqa: F401
+        from resilience.kvstore import store_from_env
+
+        store_from_env()
+    except Exception:
+        # The first request builds what is missing and reports the failure.
+        logging.getLogger(__name__).warning("llm.preload_failed", exc_info=True)

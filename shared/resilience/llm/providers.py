@@ -28,7 +28,7 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,6 +77,8 @@ class Provider(Protocol):
     """One provider's API, called with a per-attempt timeout in seconds."""
 
     name: str
+
+    def warm(self) -> None: ...
 
     def complete(
         self,
@@ -143,6 +145,10 @@ class OpenAIProvider:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+
+    def warm(self) -> None:
+        """Load the SDK's lazily imported resource modules."""
+        _ = self.client.chat.completions
 
     def complete(
         self,
@@ -223,6 +229,10 @@ class AnthropicProvider:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+
+    def warm(self) -> None:
+        """Load the SDK's lazily imported resource modules."""
+        _ = self.client.messages
 
     def complete(
         self,
@@ -363,21 +373,29 @@ def reset_providers() -> None:
         _providers.clear()
 
 
-def preload_sdks(providers: list[str]) -> threading.Thread | None:
-    """Import the SDKs of ``providers`` and build their clients in a daemon thread."""
+def preload_sdks(
+    providers: list[str], *, also: Callable[[], None] | None = None
+) -> threading.Thread | None:
+    """Import the SDKs of ``providers`` and build their clients in a daemon thread.
+
+    ``also`` runs in the same thread afterwards, for other lazy imports.
+    """
     names = [name for name in providers if name in _SDK_MODULES]
-    if not names:
+    if not names and also is None:
         return None
 
     def _preload() -> None:
         for name in names:
             try:
                 importlib.import_module(_SDK_MODULES[name])
-                get_provider(name)
+                get_provider(name).warm()
             except Exception:
                 # The request that needs this client builds it again and reports
                 # the failure, so a failure here only costs the head start.
                 logger.warning("llm.preload_failed", extra={"sdk": name}, exc_info=True)
+
+        if also is not None:
+            also()
 
     thread = threading.Thread(target=_preload, name="llm-sdk-preload", daemon=True)
     thread.start()

@@ -13,6 +13,8 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+import psycopg
+
 from resilience.errors import ResilienceError
 from resilience.llm.attempts import CallState, Outcome
 from resilience.llm.cache import CachedAnswer
@@ -197,7 +199,8 @@ class Recorder:
             _, crossed = record_usage(
                 chain.database, record, soft_budget=chain.config.daily_budget_usd
             )
-        except ResilienceError as exc:
+        except (ResilienceError, psycopg.Error) as exc:
+            # The answer is worth more to the caller than its usage row.
             logger.error(
                 "llm.usage_write_failed",
                 extra={"request_id": state.run_id, "error": str(exc)},
