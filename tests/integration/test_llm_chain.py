@@ -158,7 +158,11 @@ def test_hang_costs_one_attempt_timeout(
 
 
 def test_everything_down_returns_template(
-    make_chain, database: Database, llm: LLMControl, monkeypatch: pytest.MonkeyPatch
+    make_chain,
+    database: Database,
+    llm: LLMControl,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("OPENAI_BASE_URL", f"{closed}/v1")
@@ -182,6 +186,15 @@ def test_everything_down_returns_template(
     assert rows[0]["degraded"] is True
     assert rows[0]["cost"] == 0
     assert "transient" in rows[0]["reason"]
+    metrics = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    names = [
+        name["Name"]
+        for m in metrics
+        for name in m["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+    ]
+    assert names.count("LLMRequests") == 1
+    assert names.count("LLMTemplateFallback") == 1
+    assert all(m["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [[]] for m in metrics)
 
 
 def test_context_too_long_moves_to_larger_window(
