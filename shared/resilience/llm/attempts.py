@@ -108,11 +108,19 @@ class Attempt:
         return self._provider
 
     def start(self) -> Outcome | None:
-        """Take a breaker permit and a budget reservation; None means go ahead."""
+        """Take a budget reservation and a breaker permit; None means go ahead."""
         state, step = self.state, self.step
+
+        # The reservation comes first: when it raises BudgetExceededError, no
+        # permit (possibly a half-open probe slot) is left unreported.
+        reserved = self._reserve(step)
+        if reserved is None:
+            return Outcome(step, skipped=True)
+
         try:
             self.permit = self.breaker.acquire()
         except BreakerOpenError as exc:
+            self._release(reserved)
             logger.info(
                 "provider.skipped",
                 extra=state.log_extra(
@@ -121,11 +129,6 @@ class Attempt:
             )
             return Outcome(step, skipped=True, error=exc)
 
-        reserved = self._reserve(step)
-        if reserved is None:
-            # Over the hard budget: the permit was not used for a call.
-            self.permit.success()
-            return Outcome(step, skipped=True)
         self.reserved = reserved
         return None
 
