@@ -45,9 +45,11 @@ from resilience.errors import (
     ValidationError,
 )
 from resilience.messaging import org_id_from_record, send_reply
+from resilience.observability import route_library_logs
 from resilience.services import ServiceResponse, call_service, default_registry
 
 logger = Logger(service="circuit-breaker")
+route_library_logs(logger)
 app = build_resolver()
 processor = BatchProcessor(event_type=EventType.SQS)
 

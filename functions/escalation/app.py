@@ -53,8 +53,10 @@ from resilience.escalation.slack import (
 from resilience.escalation.slack_actions import handle_slack_action
 from resilience.escalation.web import ApprovalRequest, PageResponse, handle_approval
 from resilience.messaging import org_id_from_record, send_reply
+from resilience.observability import route_library_logs
 
 logger = Logger(service="escalation")
+route_library_logs(logger)
 app = build_resolver()
 processor = BatchProcessor(event_type=EventType.SQS)
 

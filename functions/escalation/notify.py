@@ -23,8 +23,10 @@ from resilience.errors import ValidationError
 from resilience.escalation import get_service
 from resilience.escalation.notifications import notify, store_task_token
 from resilience.escalation.slack import slack_client_from_env
+from resilience.observability import route_library_logs
 
 logger = Logger(service="escalation-notify")
+route_library_logs(logger)
 processor = BatchProcessor(event_type=EventType.SQS)
 
 

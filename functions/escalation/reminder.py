@@ -14,8 +14,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from resilience.escalation import get_service
 from resilience.escalation.reminders import sweep
 from resilience.escalation.slack import slack_client_from_env
+from resilience.observability import route_library_logs
 
 logger = Logger(service="escalation-reminder")
+route_library_logs(logger)
 
 
 @logger.inject_lambda_context

@@ -24,8 +24,10 @@ from resilience.escalation import get_service
 from resilience.escalation.resume import record_outcome
 from resilience.escalation.slack import slack_client_from_env
 from resilience.messaging import send_reply
+from resilience.observability import route_library_logs
 
 logger = Logger(service="escalation-resume")
+route_library_logs(logger)
 processor = BatchProcessor(event_type=EventType.SQS)
 
 

@@ -50,8 +50,10 @@ from resilience.errors import (
 )
 from resilience.llm import CompletionRequest, complete, complete_many, warm_up
 from resilience.messaging import org_id_from_record, send_reply
+from resilience.observability import route_library_logs
 
 logger = Logger(service="graceful-degradation")
+route_library_logs(logger)
 app = build_resolver()
 processor = BatchProcessor(event_type=EventType.SQS)
 

@@ -13,18 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.data_classes import SNSEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resilience.alarms import alert_for_alarm, parse_alarm_notification
 from resilience.alerts import Alert, send_alert
+from resilience.observability import route_library_logs
 
 logger = Logger(service="alert-forwarder")
-# The library logs to logging.getLogger("resilience.<module>"). Giving the
-# "resilience" logger this Logger's JSON handler and level puts those records,
-# such as alert.sent and alert.failed, in the function's log.
-copy_config_to_registered_loggers(source_logger=logger, include={"resilience"})
+route_library_logs(logger)
 
 # An SNS message can be up to 256 KB. A message that is not an alarm is cut to
 # this length so that the Slack post stays readable.

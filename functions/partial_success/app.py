@@ -36,8 +36,10 @@ from resilience.batch.sqs import process_sqs_event
 from resilience.batch.summary import run_summary, stored_summary
 from resilience.db import get_database
 from resilience.errors import ValidationError
+from resilience.observability import route_library_logs
 
 logger = Logger(service="partial-success")
+route_library_logs(logger)
 app = build_resolver()
 
 QUEUE_EXAMPLE = {"batchId": "<batchId>", "item": {"id": "<id>", "data": {}}}

@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any
 
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "capture_message",
     "emit_metric",
     "init_sentry",
+    "route_library_logs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,3 +123,16 @@ def capture_message(message: str, level: str = "warning", **tags: Any) -> None:
         for key, value in tags.items():
             scope.set_tag(key, str(value))
         sentry_sdk.capture_message(message, level=level)  # type: ignore[arg-type]
+
+
+def route_library_logs(handler_logger: Logger) -> None:
+    """Send the library's log records through a handler's Powertools Logger.
+
+    The library logs to ``logging.getLogger("resilience.<module>")``. Giving the
+    ``resilience`` logger the handler's JSON handler and level puts those
+    records, with their ids, in the function's structured log.
+    """
+    logging.getLogger("resilience")
+    copy_config_to_registered_loggers(
+        source_logger=handler_logger, include={"resilience"}
+    )
