@@ -17,7 +17,6 @@ body; the started escalation is sent to the ``replyTo`` queue when named.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -37,6 +36,7 @@ from resilience.api import (
     json_body,
     json_response,
     org_id_from_http_event,
+    parse_json_object,
 )
 from resilience.errors import (
     ForbiddenError,
@@ -248,9 +248,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
     """Start one escalation from an ``escalation-requests`` message."""
     raw = record.raw_event
     try:
-        body = json.loads(record.body)
-        if not isinstance(body, dict):
-            raise ValidationError("message body must be a JSON object", field="body")
+        body = parse_json_object(record.body, field="body")
         result = start_from_body(
             body, org_id=org_id_from_record(raw), caller=None, app_url=None
         )

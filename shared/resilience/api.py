@@ -38,6 +38,8 @@ __all__ = [
     "json_body",
     "json_response",
     "org_id_from_http_event",
+    "parse_json_object",
+    "validate_json_value",
     "validate_org_id",
 ]
 
@@ -49,6 +51,10 @@ ORG_ID_HEADER = "x-org-id"
 # Only the local stack sets this: in AWS the org id comes from the verified JWT.
 ENV_TRUST_ORG_ID_HEADER = "TRUST_ORG_ID_HEADER"
 ENV_CORS_ALLOW_ORIGIN = "CORS_ALLOW_ORIGIN"
+
+# Deeper JSON is rejected: no request of this API needs more, and Python's
+# json module fails with RecursionError at about 1,000 levels.
+MAX_JSON_DEPTH = 64
 
 _ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -89,19 +95,85 @@ def json_body(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
             "application/json",
             field="body",
         )
+    return parse_json_object(raw, field="body")
+
+
+def parse_json_object(
+    raw: str | bytes | None, *, field: str = "body"
+) -> dict[str, Any]:
+    """Parse ``raw`` as a JSON object that PostgreSQL and HTTP clients can carry.
+
+    Raises:
+        ValidationError: not JSON, not an object, nested deeper than
+            ``MAX_JSON_DEPTH``, or a string that cannot be stored (see
+            :func:`validate_json_value`); ``field`` names the offending part.
+    """
     try:
-        body = json.loads(raw)
+        value = json.loads(raw or "")
     except json.JSONDecodeError as exc:
         raise ValidationError(
-            f"request body is not valid JSON ({exc.msg} at position {exc.pos})",
-            field="body",
+            f"{field} is not valid JSON ({exc.msg} at position {exc.pos})",
+            field=field,
         ) from None
-    if not isinstance(body, dict):
+    except RecursionError:
         raise ValidationError(
-            f"request body must be a JSON object, got {type(body).__name__}",
-            field="body",
+            f"{field} is nested too deeply: at most {MAX_JSON_DEPTH} levels",
+            field=field,
+        ) from None
+    except UnicodeDecodeError:
+        raise ValidationError(f"{field} is not valid UTF-8", field=field) from None
+    if not isinstance(value, dict):
+        raise ValidationError(
+            f"{field} must be a JSON object, got {type(value).__name__}",
+            field=field,
         )
-    return body
+    validate_json_value(value, field=field)
+    return value
+
+
+def validate_json_value(value: Any, *, field: str = "body") -> None:
+    """Reject JSON that would fail later, deep in a store or an HTTP client.
+
+    PostgreSQL text and jsonb cannot hold the NUL character, UTF-8 cannot
+    encode a lone surrogate (JSON allows both as ``\\u0000`` and
+    ``\\ud800``), and very deep nesting exhausts Python's recursion limit
+    when the value is serialised again. The check walks the value without
+    recursion and names the first offending field, such as ``items[2].id``.
+    """
+    pending: list[tuple[Any, str, int]] = [(value, field, 1)]
+    while pending:
+        current, path, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError(
+                f"{path} is nested too deeply: at most {MAX_JSON_DEPTH} levels",
+                field=path,
+            )
+        if isinstance(current, str):
+            _check_text(current, path)
+        elif isinstance(current, dict):
+            for key, item in current.items():
+                _check_text(key, f"{path} key {key[:40]!r}")
+                pending.append((item, f"{path}.{key}", depth + 1))
+        elif isinstance(current, list):
+            for index, item in enumerate(current):
+                pending.append((item, f"{path}[{index}]", depth + 1))
+
+
+def _check_text(text: str, path: str) -> None:
+    if "\x00" in text:
+        raise ValidationError(
+            f"{path} contains the NUL character (\\u0000), which cannot be "
+            "stored: remove it",
+            field=path,
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{path} contains a lone UTF-16 surrogate, which is not valid "
+            "Unicode: send the character as a surrogate pair or as UTF-8",
+            field=path,
+        ) from None
 
 
 def json_response(

@@ -19,7 +19,6 @@ one at a time, so items of one group never run concurrently.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from resilience.api import parse_json_object
 from resilience.batch.models import (
     BatchItem,
     ItemResult,
@@ -77,9 +77,7 @@ def parse_record(record: Mapping[str, Any]) -> BatchItem | ItemResult:
     group_id = (record.get("attributes") or {}).get("MessageGroupId")
     try:
         org_id = org_id_from_record(dict(record))
-        body = json.loads(record.get("body") or "")
-        if not isinstance(body, dict):
-            raise ValidationError("message body must be a JSON object", field="body")
+        body = parse_json_object(record.get("body"), field="body")
         batch_id = validate_batch_id(body.get("batchId"))
         item = body.get("item")
         if not isinstance(item, dict):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from resilience.api import parse_json_object, validate_json_value
 from resilience.errors import (
     ForbiddenError,
     GoneError,
@@ -221,17 +222,11 @@ def _result_page(request: ApprovalRequest, result: DecisionResult) -> PageRespon
 
 def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
     if request.wants_json:
-        try:
-            body = json.loads(request.body or b"null")
-        except json.JSONDecodeError as exc:
-            raise ValidationError(
-                f"request body is not valid JSON ({exc.msg})", field="body"
-            ) from None
-        if not isinstance(body, dict):
-            raise ValidationError("request body must be a JSON object", field="body")
-        return body
+        return parse_json_object(request.body or b"null", field="body")
     form = parse_qs(request.body.decode("utf-8", "replace"), keep_blank_values=True)
-    return {key: values[-1] for key, values in form.items()}
+    fields = {key: values[-1] for key, values in form.items()}
+    validate_json_value(fields, field="form")
+    return fields
 
 
 def _check_form_origin(

@@ -1,0 +1,74 @@
+"""Escalation input that would fail deep in PostgreSQL is rejected up front."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.escalation_support import (
+    Harness,
+    LambdaContextStandIn,
+    harness_for_test,
+    http_event,
+    moto_session,
+)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    yield from moto_session()
+
+
+@pytest.fixture
+def harness(
+    app_env: dict[str, str], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Harness]:
+    yield from harness_for_test(moto_endpoint, monkeypatch)
+
+
+def test_nul_in_approver_is_400(harness: Harness) -> None:
+    response = harness.call(
+        http_event(
+            "POST",
+            "https://approvals.test/escalations",
+            body='{"data": {"a": 1}, "reason": "r", "approvers": ["a\\u0000b"]}',
+            headers={"content-type": "application/json"},
+        )
+    )
+
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"])["field"] == "body.approvers[0]"
+
+
+def test_nul_in_reject_reason_changes_nothing(harness: Harness) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.submit_form(
+        started["approvalUrl"], {"decision": "reject", "reason": "bad\x00"}
+    )
+
+    assert response["statusCode"] in (400, 422)
+    assert "\x00" not in response["body"]
+    assert harness.status(started["id"])["status"] == "pending"
+
+
+def test_sqs_request_not_json_is_final(harness: Harness) -> None:
+    record = {
+        "messageId": "m-not-json",
+        "receiptHandle": "r",
+        "body": "not json",
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:escalation-requests",
+        "awsRegion": "us-east-1",
+    }
+
+    answer = harness.app.lambda_handler({"Records": [record]}, LambdaContextStandIn())
+
+    # Retrying a body that is not JSON cannot help, so it is not handed back.
+    assert answer == {"batchItemFailures": []}

@@ -1,0 +1,59 @@
+"""JSON bodies the API accepts: what PostgreSQL and HTTP clients can carry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resilience.api import MAX_JSON_DEPTH, parse_json_object, validate_json_value
+from resilience.errors import ValidationError
+
+
+def test_parses_plain_object() -> None:
+    assert parse_json_object('{"a": [1, "é", {"b": null}]}') == {
+        "a": [1, "é", {"b": None}]
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        ("", "body", "not valid JSON"),
+        ("{", "body", "not valid JSON"),
+        ("[1]", "body", "must be a JSON object, got list"),
+        ('{"items": [{"id": "a\\u0000b"}]}', "body.items[0].id", "NUL"),
+        ('{"prompt": "\\ud800 1"}', "body.prompt", "lone UTF-16 surrogate"),
+        ('{"a\\u0000": 1}', "body key", "NUL"),
+    ],
+)
+def test_rejects_bad_json(raw: str, field: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        parse_json_object(raw)
+
+    assert caught.value.field is not None
+    assert caught.value.field.startswith(field)
+
+
+def test_rejects_deep_nesting_before_recursion() -> None:
+    deep = "[" * 3000 + "]" * 3000
+
+    with pytest.raises(ValidationError, match="nested too deeply"):
+        parse_json_object('{"a": ' + deep + "}")
+
+
+def test_depth_limit_is_exact() -> None:
+    allowed: object = 1
+    for _ in range(MAX_JSON_DEPTH - 1):
+        allowed = [allowed]
+    validate_json_value(allowed)
+
+    too_deep = [allowed]
+    with pytest.raises(ValidationError, match=f"at most {MAX_JSON_DEPTH}"):
+        validate_json_value(too_deep)
+
+
+def test_surrogate_pair_is_accepted() -> None:
+    body = parse_json_object(json.dumps({"emoji": "\U0001f600"}))
+
+    assert body["emoji"] == "\U0001f600"
