@@ -31,7 +31,7 @@ from resilience.api import (
     org_id_from_http_event,
 )
 from resilience.batch import BatchItem, BatchRunner, BatchSettings
-from resilience.batch.models import validate_batch_id
+from resilience.batch.models import Reason, validate_batch_id
 from resilience.batch.sqs import process_sqs_event
 from resilience.batch.summary import run_summary, stored_summary
 from resilience.db import get_database
@@ -121,6 +121,17 @@ def create_batch() -> Response:
         run_id=getattr(app.lambda_context, "aws_request_id", None),
         raise_on_conflict=True,
     )
+    # Nothing was recorded, so nothing ran: the caller should retry the whole
+    # request later rather than read 200 with every item failed.
+    if all(result.reason == Reason.DATABASE_UNAVAILABLE for result in run.results):
+        logger.error("batch.store_unavailable", extra={"batch_id": batch_id})
+        return error_response(
+            503,
+            "store_unavailable",
+            "PostgreSQL is unavailable, so no item was recorded or run: retry "
+            "the same request shortly (it is idempotent)",
+            batchId=batch_id,
+        )
     return json_response(200, run_summary(batch_id, run))
 
 
