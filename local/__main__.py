@@ -201,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.command == "send":
+        try:
+            json.loads(args.body)
+        except ValueError as exc:
+            print(f"error: the message body is not valid JSON: {exc}", file=sys.stderr)
+            return 2
         attributes = _parse_pairs(args.attr, "attribute")
         if args.reply_to:
             control.create_queue(state, args.reply_to)
