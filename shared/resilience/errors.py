@@ -95,12 +95,14 @@ class ConflictError(ResilienceError):
 
 
 class IdempotencyConflictError(ConflictError):
-    """The idempotency key was used before with a different payload."""
+    """The idempotency key was used before with a different payload or org."""
 
     def __init__(self, key: str) -> None:
+        # Keys do not contain the org, so another org's use of the same ids
+        # is a conflict too; the message must not claim which case it was.
         super().__init__(
-            f"idempotency key {key!r} was already used with a different payload: "
-            "use a new item id for new data"
+            f"idempotency key {key!r} was already used with a different payload "
+            "or by another org: use a new batch or item id for new data"
         )
         self.key = key
 
