@@ -65,6 +65,28 @@ BLOCKED_HEADERS = frozenset(
 DEADLINE_MARGIN_S = 0.25
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# A header name is an RFC 9110 (formerly RFC 7230) token.
+_HEADER_NAME_PATTERN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# A header value: visible ASCII, space and tab, no leading or trailing
+# whitespace (h11 rejects those on send).
+_HEADER_VALUE_PATTERN = re.compile(
+    r"^(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?$"
+)
+# Printable ASCII of 1-255 characters, no leading or trailing space.
+_IDEMPOTENCY_KEY_PATTERN = re.compile(
+    r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$"
+)
+# A '%' in a path must start a percent-escape of two hex digits.
+_BAD_PERCENT_PATTERN = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Errors httpx and the codecs raise while building or writing a request,
+# before any byte reaches the service: the caller's input is at fault, so they
+# become a ValidationError and never count as a failure of the service.
+_CLIENT_SIDE_ERRORS = (
+    httpx.LocalProtocolError,
+    httpx.InvalidURL,
+    httpx.UnsupportedProtocol,
+    UnicodeEncodeError,
+)
 
 
 @dataclass(frozen=True)
@@ -220,7 +242,10 @@ def validate_path(path: object) -> str:
     """Return ``path`` when it is a relative path under the base URL, else raise.
 
     Rejected: anything not starting with one '/', '//' (a network path that
-    names a host), a scheme, '..' segments, backslashes and control characters.
+    names a host), a scheme, '..' segments, backslashes, control characters,
+    a '%' that does not start a two-hex-digit escape, and text that cannot be
+    encoded as UTF-8 (lone surrogates). Other non-ASCII characters are sent
+    percent-encoded as UTF-8.
     """
     if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
         raise ValidationError(
@@ -240,6 +265,20 @@ def validate_path(path: object) -> str:
         raise ValidationError(
             "path must not contain '..' or '.' segments, encoded dots or slashes, "
             f"backslashes, control characters or a URL scheme, got {path!r}",
+            field="path",
+        )
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"path must be valid Unicode text, got {path!r}: remove lone "
+            "surrogates or percent-encode the bytes (e.g. %C3%A9)",
+            field="path",
+        ) from None
+    if _BAD_PERCENT_PATTERN.search(path):
+        raise ValidationError(
+            f"path has a '%' not followed by two hex digits, got {path!r}: "
+            "write a literal '%' as %25",
             field="path",
         )
     return path
@@ -290,7 +329,9 @@ def call_service(
     over, such as the Lambda's end; attempts and waits never go past it.
 
     Raises:
-        ValidationError: unknown service, method, path or header.
+        ValidationError: unknown service, method, path, header or idempotency
+            key, or a request httpx cannot build or write. The breaker does
+            not count these.
         BreakerOpenError: the breaker rejected the first attempt.
         UpstreamConnectionError: the service could not be reached.
         UpstreamTimeoutError: the service did not respond in time.
@@ -302,6 +343,7 @@ def call_service(
     request_headers = _request_headers(headers, idempotency_key)
     breaker = get_breaker(service.name, service.breaker, critical=service.critical)
     client = registry.client(service)
+    _check_request(client, service, method, path, body, request_headers)
 
     started = time.monotonic()
     attempts = 0
@@ -402,6 +444,10 @@ def _attempt(
             headers={**headers, **content_headers},
             timeout=timeout,
         )
+    except _CLIENT_SIDE_ERRORS as exc:
+        # Raised before anything was sent: the service did nothing wrong.
+        permit.release()
+        raise _client_side_error(service, method, path, exc) from exc
     except httpx.TimeoutException as exc:
         error: Exception = UpstreamTimeoutError(
             f"{service.name!r} timed out: no response to {method} {path} "
@@ -428,6 +474,42 @@ def _attempt(
         },
     )
     return response
+
+
+def _check_request(
+    client: httpx.Client,
+    service: ServiceConfig,
+    method: str,
+    path: str,
+    body: Any,
+    headers: dict[str, str],
+) -> None:
+    """Build the request without sending it; raise ValidationError if httpx cannot."""
+    content, content_headers = _encode_body(body)
+    try:
+        client.build_request(
+            method, path, content=content, headers={**headers, **content_headers}
+        )
+    except _CLIENT_SIDE_ERRORS as exc:
+        raise _client_side_error(service, method, path, exc) from exc
+
+
+def _client_side_error(
+    service: ServiceConfig, method: str, path: str, error: Exception
+) -> ValidationError:
+    logger.warning(
+        "service.request_invalid",
+        extra={
+            "service": service.name,
+            "method": method,
+            "error": f"{type(error).__name__}: {error}",
+        },
+    )
+    return ValidationError(
+        f"the request to {service.name!r} cannot be sent ({type(error).__name__}: "
+        f"{error}): fix the path, headers or idempotencyKey of {method} {path!r}",
+        field="request",
+    )
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -457,13 +539,34 @@ def _request_headers(
                 "headers must map header names to string values",
                 field="headers",
             )
+        if not _HEADER_NAME_PATTERN.match(key):
+            raise ValidationError(
+                f"header name {key!r} is invalid: use letters, digits and "
+                "!#$%&'*+-.^_`|~ only (no spaces, colons or empty names)",
+                field=f"headers.{key}",
+            )
         if key.lower() in BLOCKED_HEADERS:
             raise ValidationError(
                 f"header {key!r} cannot be set by the caller: remove it",
                 field=f"headers.{key}",
             )
+        if not _HEADER_VALUE_PATTERN.match(value):
+            raise ValidationError(
+                f"header {key!r} has an invalid value {value!r}: use visible "
+                "ASCII, spaces and tabs only, with no line breaks, NUL or "
+                "leading or trailing whitespace",
+                field=f"headers.{key}",
+            )
         result[key] = value
     if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not _IDEMPOTENCY_KEY_PATTERN.match(
+            idempotency_key
+        ):
+            raise ValidationError(
+                f"idempotencyKey is invalid, got {idempotency_key!r}: use 1-255 "
+                "printable ASCII characters with no leading or trailing space",
+                field="idempotencyKey",
+            )
         result["Idempotency-Key"] = idempotency_key
     return result
 

@@ -212,6 +212,36 @@ def test_invalid_fields_are_400(
     assert body["field"] == field
 
 
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"headers": {"X-A": "a\nb"}}, "headers.X-A"),
+        ({"headers": {"X A": "v"}}, "headers.X A"),
+        ({"headers": {"": "v"}}, "headers."),
+        ({"headers": {"X-A": "\u00e9"}}, "headers.X-A"),
+        ({"idempotencyKey": "\u00e9"}, "idempotencyKey"),
+        # The HTTP body parser rejects NUL and lone surrogates in any field.
+        ({"idempotencyKey": "a\u0000b"}, "body.idempotencyKey"),
+        ({"path": "/\ud800"}, "body.path"),
+    ],
+)
+def test_unsendable_input_leaves_breaker_closed(
+    handler: ModuleType, downstream: Downstream, changes: dict[str, Any], field: str
+) -> None:
+    """Bad input from one caller must not open the breaker shared by all."""
+    for _ in range(4):  # more than failureThreshold (3)
+        status, body = invoke(
+            handler, call_event(**{"service": "demo", "path": "/x", **changes})
+        )
+        assert status == 400
+        assert body["field"] == field
+
+    status, body = invoke(handler, call_event(service="demo", path="/ok"))
+    assert downstream.requests[0]["path"] == "/ok"
+    assert status == 200
+    assert body["breakerState"] == "closed"
+
+
 def test_body_not_json_is_400(handler: ModuleType) -> None:
     event = load_event("post_call.json")
     event["body"] = "{not json"

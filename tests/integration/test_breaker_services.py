@@ -10,9 +10,9 @@ import pytest
 import stamina
 
 from resilience.breaker import clear_breakers, get_breaker
-from resilience.errors import BreakerOpenError, UpstreamTimeoutError
+from resilience.errors import BreakerOpenError, UpstreamTimeoutError, ValidationError
 from resilience.kvstore import reset_store_cache
-from resilience.services import ServiceRegistry, call_service
+from resilience.services import ServiceRegistry, _attempt, call_service
 from tests.breaker_fixtures import Downstream, downstream
 
 __all__ = ["downstream"]
@@ -128,3 +128,78 @@ def test_open_mid_retries_returns_last_answer(
     assert response.breaker_state == "open"
     assert response.attempts == 1
     assert len(downstream.requests) == 1
+
+
+BAD_INPUTS = [
+    ({"headers": {"X-A": "a\nb"}}, "headers.X-A"),
+    ({"headers": {"X-A": "a\r\nInjected: 1"}}, "headers.X-A"),
+    ({"headers": {"X-A": "a\x00b"}}, "headers.X-A"),
+    ({"headers": {"X-A": "caf\u00e9"}}, "headers.X-A"),
+    ({"headers": {"X-A": " padded"}}, "headers.X-A"),
+    ({"headers": {"X A": "v"}}, "headers.X A"),
+    ({"headers": {"X:A": "v"}}, "headers.X:A"),
+    ({"headers": {"": "v"}}, "headers."),
+    ({"idempotency_key": "a\u0000b"}, "idempotencyKey"),
+    ({"idempotency_key": "caf\u00e9"}, "idempotencyKey"),
+    ({"idempotency_key": "k" * 256}, "idempotencyKey"),
+    ({"path": "/\ud800"}, "path"),
+    ({"path": "/x?q=\udfff"}, "path"),
+    ({"path": "/100%"}, "path"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "field"), BAD_INPUTS)
+def test_bad_input_rejected_uncounted(
+    registry: ServiceRegistry,
+    downstream: Downstream,
+    arguments: dict[str, object],
+    field: str,
+) -> None:
+    """Input httpx cannot send is a ValidationError, never a service failure."""
+    request: dict[str, object] = {"path": "/x", **arguments}
+    for _ in range(4):  # more than failureThreshold (3)
+        with pytest.raises(ValidationError) as caught:
+            call_service("demo", "GET", registry=registry, **request)  # type: ignore[arg-type]
+        assert caught.value.field == field
+
+    snapshot = get_breaker("demo", registry.get("demo").breaker).snapshot()
+    assert downstream.requests == []
+    assert snapshot.state.value == "closed"
+    assert snapshot.failure_count == 0
+    assert call_service("demo", "GET", "/ok", registry=registry).status == 200
+
+
+def test_valid_unusual_input_is_sent(
+    registry: ServiceRegistry, downstream: Downstream
+) -> None:
+    response = call_service(
+        "demo",
+        "GET",
+        "/caf\u00e9/a%20b",
+        headers={"X-Tab": "a\tb", "X-Symbols": "!#$%&'*+-.^_`|~"},
+        idempotency_key="order 42/retry",
+        registry=registry,
+    )
+
+    assert response.status == 200
+    assert downstream.requests[0]["path"] == "/caf%C3%A9/a%20b"
+
+
+def test_send_time_client_error_uncounted(
+    registry: ServiceRegistry, downstream: Downstream
+) -> None:
+    """An httpx error raised before sending releases the permit uncounted."""
+    service = registry.get("demo")
+    breaker = get_breaker("demo", service.breaker)
+    client = registry.client(service)
+    for _ in range(4):
+        permit = breaker.acquire()
+        # Headers that skipped validation, as a caller of _attempt could pass.
+        with pytest.raises(ValidationError) as caught:
+            _attempt(permit, client, service, "GET", "/x", None, {"X-A": "a\nb"}, None)
+        assert caught.value.field == "request"
+
+    snapshot = breaker.snapshot()
+    assert downstream.requests == []
+    assert snapshot.failure_count == 0
+    assert snapshot.state.value == "closed"

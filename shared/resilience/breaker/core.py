@@ -166,6 +166,15 @@ class Permit:
         if self._claim():
             self.breaker._report(self, ok=False)
 
+    def release(self) -> None:
+        """Give the permit back without reporting an outcome.
+
+        For a call that never reached the service, such as a request the
+        HTTP client rejected before sending. A probe's slot stays taken until
+        its ``probe_lease`` ends.
+        """
+        self._claim()
+
     def record_status(self, status: int) -> None:
         """Report an HTTP response: a failure when its status counts, else a success."""
         if self.breaker.config.counts_status(status):
