@@ -6,7 +6,7 @@ Routes (API Gateway HTTP API):
   "idempotencyKey"?}``: 200 with the downstream status and the breaker state
   for any HTTP response, 502 when the service cannot be reached, 504 when it
   times out, 503 with ``retryAfterMs`` when the breaker rejects the call,
-  400 for bad input.
+  400 for bad input, including fields other than these six.
 - ``GET /breaker/{service}``: state, failure count, opened-until.
 - ``POST /breaker/{service}/reset``: admin only (JWT scope
   ``resilience:admin``, or ``Authorization: Bearer $ADMIN_API_TOKEN`` when
@@ -56,6 +56,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 ADMIN_SCOPE = "resilience:admin"
 ENV_ADMIN_API_TOKEN = "ADMIN_API_TOKEN"
 MAX_HEADERS = 50
+CALL_FIELDS = ("service", "path", "method", "body", "headers", "idempotencyKey")
 
 
 @app.exception_handler(UpstreamConnectionError)
@@ -76,10 +77,23 @@ def parse_call(body: Any) -> dict[str, Any]:
         raise ValidationError(
             f"the call must be a JSON object, got {type(body).__name__}", field="body"
         )
+    unknown = sorted(set(body) - set(CALL_FIELDS))
+    if unknown:
+        raise ValidationError(
+            f"unknown field(s) {', '.join(unknown)}: remove them. The accepted "
+            f"fields are {', '.join(CALL_FIELDS)}",
+            field=unknown[0],
+        )
     service = body.get("service")
-    if not isinstance(service, str) or not service:
+    if service is None or service == "":
         raise ValidationError(
             "service is missing: name a registered service", field="service"
+        )
+    if not isinstance(service, str):
+        raise ValidationError(
+            f"service must be a string naming a registered service, got "
+            f"{type(service).__name__} {service!r}",
+            field="service",
         )
     path = body.get("path", "/")
     method = body.get("method", "GET")

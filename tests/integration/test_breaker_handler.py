@@ -242,6 +242,37 @@ def test_unsendable_input_leaves_breaker_closed(
     assert body["breakerState"] == "closed"
 
 
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        (5, "service must be a string"),
+        (["demo"], "service must be a string"),
+        (None, "service is missing"),
+        ("", "service is missing"),
+    ],
+)
+def test_service_type_named_in_400(
+    handler: ModuleType, service: object, expected: str
+) -> None:
+    status, body = invoke(handler, call_event(service=service))
+    assert status == 400
+    assert body["field"] == "service"
+    assert expected in body["message"]
+
+
+def test_unknown_call_fields_are_400(
+    handler: ModuleType, downstream: Downstream
+) -> None:
+    status, body = invoke(
+        handler, call_event(service="demo", path="/ok", timeout=1, retries=0)
+    )
+    assert status == 400
+    assert body["field"] == "retries"
+    assert "unknown field(s) retries, timeout" in body["message"]
+    assert "service, path, method, body, headers, idempotencyKey" in body["message"]
+    assert downstream.requests == []
+
+
 def test_body_not_json_is_400(handler: ModuleType) -> None:
     event = load_event("post_call.json")
     event["body"] = "{not json"
