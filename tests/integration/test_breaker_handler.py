@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import stamina
 
-from local.embedded import free_port
+from local.embedded import EmbeddedRedis, free_port
 from resilience.breaker import clear_breakers
 from resilience.db import Database
 from resilience.kvstore import reset_store_cache
@@ -271,6 +271,35 @@ def test_unknown_call_fields_are_400(
     assert "unknown field(s) retries, timeout" in body["message"]
     assert "service, path, method, body, headers, idempotencyKey" in body["message"]
     assert downstream.requests == []
+
+
+@pytest.mark.timeout(60)
+def test_state_reported_while_redis_down(
+    handler: ModuleType, downstream: Downstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the store gone, the state reported is the one that admitted the call."""
+    server = EmbeddedRedis().start()
+    try:
+        monkeypatch.setenv("REDIS_URL", server.url)
+        reset_store_cache()
+        clear_breakers()
+        downstream.status = 500
+        invoke(handler, call_event(service="demo", path="/fail"))
+        status, body = invoke(handler, call_event(service="demo", path="/fail"))
+        assert body["breakerState"] == "open"  # GIVEN the stored state is open
+
+        server.stop()  # WHEN Redis dies and the service recovers
+        downstream.status = 200
+        results = [
+            invoke(handler, call_event(service="demo", path="/ok")) for _ in range(3)
+        ]
+    finally:
+        server.close()
+
+    for status, body in results:
+        assert status == 200
+        assert body["status"] == 200
+        assert body["breakerState"] == "closed"
 
 
 def test_body_not_json_is_400(handler: ModuleType) -> None:

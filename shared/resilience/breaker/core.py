@@ -242,7 +242,14 @@ class CircuitBreaker:
 
     @property
     def last_seen_state(self) -> str | None:
-        """State this instance saw at its last store round trip (None before one)."""
+        """State this instance decides by, None before its first decision.
+
+        While the store is unreachable this is the in-memory breaker's state,
+        because that state admits or rejects calls, not the stored state seen
+        before the outage. Otherwise it is the state of the last round trip.
+        """
+        if self._outage:
+            return self._local.state
         seen = self._seen
         return seen.state if seen is not None else None
 
