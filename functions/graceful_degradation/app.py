@@ -9,7 +9,8 @@ Route (API Gateway HTTP API):
   up to ``LLM_MAX_PROMPTS`` prompts (default 20) at once and returns
   ``{ok, results: [...]}`` in request order. 400 names the invalid field;
   429 when the org's hard daily budget is spent; 400 or 422 when the
-  provider rejects the prompt itself (too long, content policy).
+  provider rejects the prompt itself (too long, content policy); 400
+  ``request_not_sent`` when the SDK could not send the request at all.
 
 SQS (``completions``): each message body is the HTTP route's body; the
 result is sent to the queue named by the ``replyTo`` attribute, if any.
@@ -49,6 +50,7 @@ from resilience.errors import (
     ValidationError,
 )
 from resilience.llm import CompletionRequest, complete, complete_many, warm_up
+from resilience.llm.classify import RequestNotSentError
 from resilience.messaging import org_id_from_record, send_reply
 from resilience.observability import route_library_logs
 
@@ -106,7 +108,13 @@ def parse_requests(
         request = CompletionRequest(
             prompt=prompt, org_id=org_id, run_id=run_id, **shared
         )
-        requests.append(request.validated())
+        try:
+            requests.append(request.validated())
+        except ValidationError as exc:
+            if exc.field != "prompt":
+                raise
+            message = str(exc).replace("prompt", f"prompts[{index}]", 1)
+            raise ValidationError(message, field=f"prompts[{index}]") from None
     return requests, True
 
 
@@ -176,6 +184,8 @@ def _rejected(error: UpstreamClientError) -> Response:
             "shorten the prompt or use a tier with a larger-window model",
             field="prompt",
         )
+    if isinstance(error, RequestNotSentError):
+        return error_response(400, "request_not_sent", str(error))
     if isinstance(error, ContentPolicyError):
         return error_response(
             422, "content_policy", "the provider's content policy rejected the prompt"

@@ -27,6 +27,7 @@ from resilience.llm.classify import (
     ANTHROPIC_TRANSLATORS,
     OPENAI_TRANSLATORS,
     ErrorClass,
+    RequestNotSentError,
     error_class_of,
     resolve_translator,
     retry_after_seconds,
@@ -254,3 +255,62 @@ def test_retry_after_formats() -> None:
     assert 28 < (retry_after_seconds({"retry-after": date}, now=now) or 0) <= 31
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({}) is None
+
+
+def _encode_error() -> UnicodeEncodeError:
+    try:
+        "prompt \ud800".encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc
+    raise AssertionError("a lone surrogate encoded as UTF-8")
+
+
+def _connection_error_from(cause: Exception, sdk: Any) -> Exception:
+    try:
+        try:
+            raise cause
+        except Exception as exc:
+            raise sdk.APIConnectionError(request=REQUEST) from exc
+    except sdk.APIConnectionError as wrapped:
+        return wrapped
+    raise AssertionError("no APIConnectionError raised")
+
+
+@pytest.mark.parametrize(
+    ("translate", "sdk"),
+    [(translate_openai, openai), (translate_anthropic, anthropic)],
+)
+def test_unencodable_text_is_not_sent(translate: Any, sdk: Any) -> None:
+    error = translate(_encode_error(), "openai:gpt-4o-mini")
+
+    assert type(error) is RequestNotSentError
+    assert error_class_of(error) is ErrorClass.NOT_SENT
+    assert error.status == 400
+    assert "\\ud800" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("translate", "sdk"),
+    [(translate_openai, openai), (translate_anthropic, anthropic)],
+)
+def test_local_protocol_error_is_not_sent(translate: Any, sdk: Any) -> None:
+    secret_header = "Illegal header value b'Bearer sk-secret\\n'"
+    sdk_error = _connection_error_from(httpx2.LocalProtocolError(secret_header), sdk)
+
+    error = translate(sdk_error, "anthropic:claude-haiku-4-5")
+
+    assert type(error) is RequestNotSentError
+    assert error_class_of(error) is ErrorClass.NOT_SENT
+    assert "LocalProtocolError" in str(error)
+    assert "sk-secret" not in str(error)
+
+
+def test_remote_protocol_error_stays_transient() -> None:
+    sdk_error = _connection_error_from(
+        httpx2.RemoteProtocolError("peer closed connection"), openai
+    )
+
+    error = translate_openai(sdk_error, "openai:gpt-4o-mini")
+
+    assert type(error) is UpstreamConnectionError
+    assert error_class_of(error) is ErrorClass.TRANSIENT

@@ -115,6 +115,7 @@ class Attempt:
         # permit (possibly a half-open probe slot) is left unreported.
         reserved = self._reserve(step)
         if reserved is None:
+            state.errors.append(f"{step.name}: over the hard budget")
             return Outcome(step, skipped=True)
 
         try:
@@ -126,6 +127,9 @@ class Attempt:
                 extra=state.log_extra(
                     step, reason="breaker_open", retry_after=exc.retry_after
                 ),
+            )
+            state.errors.append(
+                f"{step.name}: breaker open, retry in {exc.retry_after:.0f} s"
             )
             return Outcome(step, skipped=True, error=exc)
 
@@ -166,6 +170,11 @@ class Attempt:
             ErrorClass.CONFIG_ERROR,
         ):
             self.permit.failure(error)
+        elif error_class is ErrorClass.NOT_SENT:
+            # The provider never saw the request, so the permit is not
+            # reported: a closed breaker counts nothing, and a half-open
+            # probe slot is freed when its lease ends.
+            pass
         else:
             # The provider worked; the request itself was the problem.
             self.permit.success()

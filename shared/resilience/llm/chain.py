@@ -194,7 +194,7 @@ class LLMChain:
                 return None
             if state.remaining() < MIN_ATTEMPT_S:
                 logger.warning("llm.deadline_spent", extra=state.log_extra(step))
-                state.errors.append(f"{step.name}: deadline")
+                state.errors.append(f"{step.name}: not tried, deadline reached")
                 return None
 
             hedge_with = self._hedge_partner(queue)
@@ -250,7 +250,11 @@ class LLMChain:
                 return [outcome.step.larger_window]
             assert outcome.error is not None
             raise outcome.error
-        if error_class in (ErrorClass.CONTENT_POLICY, ErrorClass.CLIENT_ERROR):
+        if error_class in (
+            ErrorClass.CONTENT_POLICY,
+            ErrorClass.CLIENT_ERROR,
+            ErrorClass.NOT_SENT,
+        ):
             assert outcome.error is not None
             raise outcome.error
 

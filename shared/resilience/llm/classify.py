@@ -15,8 +15,14 @@ error class          raised as                                   the chain then
                                                                  model, else 4xx
 ``content_policy``   ContentPolicyError                          returns 4xx
 ``client_error``     UpstreamClientError                         returns 4xx
+``not_sent``         RequestNotSentError                         returns 4xx, and the
+                                                                 breaker counts nothing
 ``config_error``     AuthError (bad key, unknown model, billing) asks the next step
 ===================  ==========================================  ====================
+
+An error raised while the SDK builds or writes the request (text that does
+not encode as UTF-8, a header that HTTP/1.1 forbids) is ``not_sent``: the
+provider never saw the request, so its breaker learns nothing from it.
 
 Errors inside a 200 stream (an ``error`` event) carry no status: the body's
 error type stands in for it, so ``overloaded_error`` is a 529.
@@ -48,6 +54,7 @@ __all__ = [
     "ANTHROPIC_TRANSLATORS",
     "OPENAI_TRANSLATORS",
     "ErrorClass",
+    "RequestNotSentError",
     "error_class_of",
     "resolve_translator",
     "translate_anthropic",
@@ -66,10 +73,21 @@ class ErrorClass(enum.StrEnum):
     CONTENT_POLICY = "content_policy"
     CLIENT_ERROR = "client_error"
     CONFIG_ERROR = "config_error"
+    NOT_SENT = "not_sent"
+
+
+class RequestNotSentError(UpstreamClientError):
+    """The SDK failed to build or write the request, so the provider never saw it.
+
+    The input is at fault (for example a lone surrogate in the text) and would
+    fail at every provider in the same way, so it is returned, not retried.
+    """
 
 
 def error_class_of(error: BaseException) -> ErrorClass:
     """Return the error class of an exception already in the project's tree."""
+    if isinstance(error, RequestNotSentError):
+        return ErrorClass.NOT_SENT
     if isinstance(error, ContextWindowExceededError):
         return ErrorClass.CONTEXT_WINDOW
     if isinstance(error, ContentPolicyError):
@@ -326,9 +344,60 @@ def resolve_translator(
     return None
 
 
+# Exceptions the HTTP stack raises for a request it refuses to write, by module
+# root and class name: h11 and h2 raise them, httpcore and httpx re-raise them.
+_LOCAL_PROTOCOL_MODULES = ("h11", "h2", "httpcore", "httpcore2", "httpx", "httpx2")
+
+
+def _not_sent_cause(error: BaseException) -> BaseException | None:
+    """Return the exception in ``error``'s chain that stopped the request being sent.
+
+    The SDKs raise UnicodeEncodeError themselves while serialising the body,
+    and wrap the HTTP stack's LocalProtocolError in ``APIConnectionError``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UnicodeEncodeError):
+            return current
+        klass = type(current)
+        module_root = klass.__module__.split(".")[0]
+        if (
+            klass.__name__ == "LocalProtocolError"
+            and module_root in _LOCAL_PROTOCOL_MODULES
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _not_sent(cause: BaseException, service: str) -> ResilienceError:
+    if isinstance(cause, UnicodeEncodeError):
+        detail = (
+            f"the text contains {cause.object[cause.start : cause.end]!r}, which "
+            "cannot be encoded as UTF-8: remove it or send a complete surrogate pair"
+        )
+    else:
+        # The message of a LocalProtocolError can quote a header value, which
+        # may be the API key, so only the class name is passed on.
+        detail = (
+            f"the HTTP client refused to write it ({type(cause).__name__}): "
+            "check the header values and the text for control characters"
+        )
+    return RequestNotSentError(
+        f"the request to {service} was not sent because {detail}",
+        service=service,
+        status=400,
+    )
+
+
 def _translate(
     error: BaseException, service: str, table: dict[str, Translator], sdk: str
 ) -> ResilienceError:
+    cause = _not_sent_cause(error)
+    if cause is not None:
+        return _not_sent(cause, service)
     found = resolve_translator(type(error), table, sdk)
     if found is not None:
         return found[1](error, service)

@@ -57,6 +57,10 @@ class Recorder:
         usage = usage or (outcome.answer.usage if outcome.answer else Usage())
         price = self.chain.prices.price(step.provider, step.model, state.day)
         cost = price.cost(usage) if price is not None else None
+        if reason is None and state.fell_back:
+            # Why the earlier steps did not answer, e.g. "openai:gpt-4o-mini:
+            # transient" or "...: breaker open, retry in 27 s".
+            reason = "; ".join(state.errors) or None
         result = CompletionResult(
             ok=True,
             output=output,

@@ -138,6 +138,7 @@ class CompletionRequest:
                     f"{where}.content must be a non-empty string",
                     field=f"{where}.content",
                 )
+            _check_encodable(content, f"{where}.content")
             total += len(content)
         self._check_length(total, "messages")
         return [{"role": m["role"], "content": m["content"]} for m in self.messages]
@@ -148,6 +149,7 @@ class CompletionRequest:
                 "prompt is missing or empty: send a non-empty string", field="prompt"
             )
         self._check_length(len(self.prompt), "prompt")
+        _check_encodable(self.prompt, "prompt")
         return self.prompt
 
     @staticmethod
@@ -157,6 +159,26 @@ class CompletionRequest:
                 f"{name} is {chars} characters, over the limit of {MAX_PROMPT_CHARS}",
                 field=name,
             )
+
+
+def _check_encodable(text: str, name: str) -> None:
+    """Raise ValidationError when ``text`` cannot be encoded as UTF-8.
+
+    A lone surrogate (from a JSON escape such as ``\\ud800`` without its
+    pair) is the only way a Python string fails here. The SDKs would raise
+    UnicodeEncodeError while building the request body, before sending it.
+    A NUL character encodes and is sent: no text of the prompt is stored in
+    PostgreSQL, and a provider that rejects it answers 4xx, which is returned.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{name} contains a lone surrogate {text[exc.start]!r} at character "
+            f"{exc.start}, which is not valid UTF-8: send a complete surrogate "
+            "pair (for example \\ud83d\\ude00) or remove the character",
+            field=name,
+        ) from None
 
 
 @dataclass(frozen=True)
