@@ -19,6 +19,7 @@ from resilience.batch import (
     idempotency_key,
     payload_hash,
 )
+from resilience.batch.builtin import downstream_idempotency_key
 from resilience.batch.execution import run_item
 from resilience.batch.models import FINAL_REASONS, RETRYABLE_REASONS, validate_item_id
 from resilience.batch.processors import ProcessorRegistry
@@ -382,3 +383,19 @@ def test_service_retry_after_seconds(
     from resilience.batch.builtin import _retry_after_s
 
     assert _retry_after_s(headers) == expected
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["batch:b:item:é", "batch:b:item:" + "x" * 300, "batch:b:item:a\tb"],
+)
+def test_downstream_key_hashes_unsendable(key: str) -> None:
+    sent = downstream_idempotency_key(key)
+
+    assert sent.startswith("batch-sha256:")
+    assert len(sent) == len("batch-sha256:") + 64
+    assert sent == downstream_idempotency_key(key)
+
+
+def test_downstream_key_keeps_plain_key() -> None:
+    assert downstream_idempotency_key("batch:b1:item:i1") == "batch:b1:item:i1"

@@ -6,6 +6,7 @@ a service or a model does not load httpx or the provider SDKs.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -20,12 +21,29 @@ from resilience.errors import (
     ValidationError,
 )
 
-__all__ = ["LLMProcessor", "ServiceProcessor"]
+__all__ = ["LLMProcessor", "ServiceProcessor", "downstream_idempotency_key"]
 
 # Provider name the LLM chain reports for its local template response.
 TEMPLATE_PROVIDER = "local"
 
 _TAKEOVER_POLICIES = ("retry", "escalate")
+
+# An HTTP header carries printable ASCII, and downstream APIs commonly cap an
+# idempotency key at 255 characters (Stripe's limit, for example).
+_MAX_HEADER_KEY_LENGTH = 255
+
+
+def downstream_idempotency_key(key: str) -> str:
+    """Return ``key`` as it can travel in an ``Idempotency-Key`` header.
+
+    Item ids may be any text up to 512 characters, so a key that is not
+    printable ASCII or is too long is replaced by ``batch-sha256:`` and the
+    hex SHA-256 of the key: still one stable value per item.
+    """
+    printable = key.isascii() and key.isprintable() and key == key.strip()
+    if printable and len(key) <= _MAX_HEADER_KEY_LENGTH:
+        return key
+    return "batch-sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _policy(name: str, value: object) -> TakeoverPolicy:
@@ -104,7 +122,7 @@ class ServiceProcessor:
             self.path or str(data.get("path", "/")),
             body=data.get("body"),
             headers=data.get("headers"),
-            idempotency_key=context.idempotency_key,
+            idempotency_key=downstream_idempotency_key(context.idempotency_key),
             deadline=time.time() + max(0.0, context.remaining_s()),
         )
         context.extra["calls"] = max(1, int(response.attempts))
