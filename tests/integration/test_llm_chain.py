@@ -22,7 +22,7 @@ from resilience.errors import (
     ContextWindowExceededError,
     ValidationError,
 )
-from resilience.llm import CompletionRequest, complete_many
+from resilience.llm import CompletionRequest, complete_many, warm_up
 from resilience.llm.template import TEMPLATE_ANSWER
 from tests.llm_fixtures import (
     FakeLambdaContext,
@@ -257,7 +257,14 @@ def test_content_policy_is_returned_not_retried(
 def test_lambda_remaining_time_bounds_the_call(
     make_chain, database: Database, llm: LLMControl
 ) -> None:
+    # Both providers hang, so only the Lambda's remaining time ends the call.
+    # The SDKs are imported first, as in the handler's init phase, because a
+    # cold import of the fallback's SDK alone can take over a second.
     llm.fail("openai", "hang")
+    llm.fail("anthropic", "hang")
+    preload = warm_up()
+    if preload is not None:
+        preload.join()
     chain = make_chain(deadline_margin_s=0.5)
     context = FakeLambdaContext(
         aws_request_id=f"lambda-{uuid.uuid4()}", remaining_ms=2000

@@ -99,6 +99,9 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DAILY_HARD_BUDGET_USD", "-1", "0 or more"),
         ("LLM_ATTEMPT_TIMEOUT_S", "soon", "must be a number"),
         ("LLM_ATTEMPT_TIMEOUT_S", "0", "must be positive"),
+        ("LLM_ATTEMPT_SHARE", "0", "above 0 and at most 1"),
+        ("LLM_ATTEMPT_SHARE", "1.5", "above 0 and at most 1"),
+        ("LLM_ATTEMPT_SHARE", "half", "must be a number"),
         ("LLM_OVER_BUDGET", "panic", "'refuse', 'template' or a tier name"),
     ],
 )
@@ -256,3 +259,37 @@ def test_mock_flag_wins_over_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert settings.base_url == "http://127.0.0.1:8788"
     assert settings.api_key == "local-mock-key"
+
+
+def test_attempt_timeout_defaults() -> None:
+    config = ChainConfig.from_env()
+
+    assert config.attempt_timeout_s == 6.0
+    assert config.attempt_share == 0.5
+
+
+@pytest.mark.parametrize(
+    ("step_timeout", "remaining", "final", "expected"),
+    [
+        # Deadline 5 s less the 1 s margin: the primary keeps 2 s in reserve.
+        (None, 4.0, False, 2.0),
+        # The whole 29 s: the attempt timeout is the smaller limit.
+        (None, 29.0, False, 6.0),
+        # The last provider may use all the time left, up to its timeout.
+        (None, 4.0, True, 4.0),
+        (None, 29.0, True, 6.0),
+        # A step's own timeoutS replaces the default, the share still applies.
+        (20.0, 29.0, False, 14.5),
+        (20.0, 29.0, True, 20.0),
+        (1.0, 29.0, False, 1.0),
+    ],
+)
+def test_attempt_timeout_rule(
+    step_timeout: float | None, remaining: float, final: bool, expected: float
+) -> None:
+    config = ChainConfig(attempt_timeout_s=6.0, attempt_share=0.5)
+    step = TierStep("openai", "gpt-4o-mini", timeout_s=step_timeout)
+
+    timeout = config.attempt_timeout(step, remaining, final=final)
+
+    assert timeout == pytest.approx(expected)

@@ -20,9 +20,12 @@ from resilience.llm.classify import ErrorClass, error_class_of
 from resilience.llm.config import TierStep
 from resilience.llm.types import CompletionRequest, ProviderAnswer, Usage
 
-__all__ = ["Attempt", "CallState", "Outcome"]
+__all__ = ["MIN_ATTEMPT_S", "Attempt", "CallState", "Outcome"]
 
 logger = logging.getLogger(__name__)
+
+# Below this much time left, no provider is called: the template answer is used.
+MIN_ATTEMPT_S = 0.05
 
 
 @dataclass
@@ -38,9 +41,17 @@ class CallState:
     fell_back: bool = False
     reserve_budget: bool = True
     errors: list[str] = field(default_factory=list)
+    # Steps not tried yet, the list the chain walks (shared, not a copy).
+    pending_steps: list[TierStep] = field(default_factory=list)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def is_final(self, step: TierStep) -> bool:
+        """Return True when no provider step other than ``step`` is pending."""
+        return not any(
+            other is not step and not other.is_template for other in self.pending_steps
+        )
 
     def log_extra(self, step: TierStep, **more: Any) -> dict[str, Any]:
         return {
@@ -136,16 +147,25 @@ class Attempt:
         self.reserved = reserved
         return None
 
+    def call_timeout(self) -> float:
+        """Return the attempt's timeout, cut to the time left before the deadline.
+
+        Call it after ``provider`` is built: building a client imports its SDK,
+        which can take seconds on a cold start.
+        """
+        return max(min(self.timeout_s, self.state.remaining()), MIN_ATTEMPT_S)
+
     def run(self) -> Outcome:
         step, request = self.step, self.state.request
         assert request.messages is not None
         started = time.monotonic()
+        provider = self.provider
         try:
-            answer = self.provider.complete(
+            answer = provider.complete(
                 step.model,
                 request.messages,
                 max_tokens=request.max_tokens,
-                timeout_s=self.timeout_s,
+                timeout_s=self.call_timeout(),
                 temperature=request.temperature,
             )
         except ResilienceError as error:

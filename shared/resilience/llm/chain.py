@@ -2,11 +2,13 @@
 
 A call walks its tier's steps in order. Each step is skipped while its
 breaker is open, and otherwise gets an attempt timeout that fits inside the
-call's deadline. Transient, rate-limited and configuration errors move on to
-the next step at once, and a Retry-After opens that step's breaker until
-then. A context-window error moves to the step's larger-window model when
-one is configured. Other client errors are raised to the caller. When no
-provider responds in time, the result is the template answer.
+call's deadline and, when another provider follows, leaves that provider a
+share of the time (``ChainConfig.attempt_timeout``). Transient,
+rate-limited and configuration errors move on to the next step at once, and
+a Retry-After opens that step's breaker until then. A context-window error
+moves to the step's larger-window model when one is configured. Other
+client errors are raised to the caller. When no provider responds in time,
+the result is the template answer.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from resilience.errors import (
     ResilienceError,
     ValidationError,
 )
-from resilience.llm.attempts import Attempt, CallState, Outcome
+from resilience.llm.attempts import MIN_ATTEMPT_S, Attempt, CallState, Outcome
 from resilience.llm.cache import CachedAnswer, ResponseCache, cache_key
 from resilience.llm.classify import ErrorClass
 from resilience.llm.config import ChainConfig, TierStep
@@ -38,9 +40,6 @@ from resilience.observability import emit_metric
 __all__ = ["MIN_ATTEMPT_S", "LLMChain"]
 
 logger = logging.getLogger(__name__)
-
-# Below this much time left, no provider is called: the template answer is used.
-MIN_ATTEMPT_S = 0.05
 
 
 class LLMChain:
@@ -188,6 +187,7 @@ class LLMChain:
 
     def _walk(self, state: CallState, queue: list[TierStep]) -> Outcome | None:
         """Try the steps in order; return the successful outcome or None."""
+        state.pending_steps = queue
         while queue:
             step = queue.pop(0)
             if step.is_template:
@@ -218,8 +218,8 @@ class LLMChain:
         return queue[0]
 
     def make_attempt(self, state: CallState, step: TierStep) -> Attempt:
-        timeout = min(
-            step.timeout_s or self.config.attempt_timeout_s, state.remaining()
+        timeout = self.config.attempt_timeout(
+            step, state.remaining(), final=state.is_final(step)
         )
         return Attempt(
             state,

@@ -18,7 +18,12 @@ Settings (environment, read by :meth:`ChainConfig.from_env`; times in seconds):
 
 - ``LLM_TIERS``: the tiers above; default openai gpt-4o-mini, then anthropic
   claude-haiku-4-5, then the template.
-- ``LLM_ATTEMPT_TIMEOUT_S`` (10): the time one provider call may take.
+- ``LLM_ATTEMPT_TIMEOUT_S`` (6) and ``LLM_ATTEMPT_SHARE`` (0.5): the time
+  one provider call may take. A step that has another provider after it in
+  its tier gets at most its timeout and at most ``LLM_ATTEMPT_SHARE`` of the
+  time left before the deadline, so a hung provider leaves the rest of the
+  chain time to answer. The tier's last provider gets at most its timeout
+  and at most all the time left (see :meth:`ChainConfig.attempt_timeout`).
 - ``LLM_MAX_DEADLINE_S`` (30, API Gateway's integration limit) and
   ``LLM_DEADLINE_MARGIN_S`` (1): the whole call ends by the smallest of the
   request's deadline, the Lambda's remaining time and the maximum, less the
@@ -63,6 +68,7 @@ OVER_BUDGET_ACTIONS = ("refuse", "template")
 
 ENV_TIERS = "LLM_TIERS"
 ENV_ATTEMPT_TIMEOUT_S = "LLM_ATTEMPT_TIMEOUT_S"
+ENV_ATTEMPT_SHARE = "LLM_ATTEMPT_SHARE"
 ENV_MAX_DEADLINE_S = "LLM_MAX_DEADLINE_S"
 ENV_DEADLINE_MARGIN_S = "LLM_DEADLINE_MARGIN_S"
 ENV_HEDGE_DELAY_S = "LLM_HEDGE_DELAY_S"
@@ -173,7 +179,11 @@ class ChainConfig:
     tiers: dict[str, tuple[TierStep, ...]] = field(
         default_factory=lambda: dict(DEFAULT_TIERS)
     )
-    attempt_timeout_s: float = 10.0
+    # NOTE: 6 s fits a few hundred output tokens at the speeds gpt-4o-mini and
+    # claude-haiku-4-5 usually reach (an estimate). A longer non-streamed
+    # response needs a larger timeoutS on its step, or streaming.
+    attempt_timeout_s: float = 6.0
+    attempt_share: float = 0.5
     max_deadline_s: float = 30.0
     deadline_margin_s: float = 1.0
     hedge_delay_s: float | None = None
@@ -191,6 +201,12 @@ class ChainConfig:
                 f"{ENV_TIERS} must define a tier named 'default'", setting=ENV_TIERS
             )
         _positive(self.attempt_timeout_s, ENV_ATTEMPT_TIMEOUT_S)
+        if not 0 < self.attempt_share <= 1:
+            raise ConfigError(
+                f"{ENV_ATTEMPT_SHARE} must be above 0 and at most 1 (a share of "
+                f"the time left), got {self.attempt_share}",
+                setting=ENV_ATTEMPT_SHARE,
+            )
         _positive(self.max_deadline_s, ENV_MAX_DEADLINE_S)
         _positive(self.breaker_failures, ENV_BREAKER_FAILURES)
         _positive(self.breaker_reset_s, ENV_BREAKER_RESET_S)
@@ -229,12 +245,25 @@ class ChainConfig:
                 setting=ENV_TIERS,
             ) from None
 
+    def attempt_timeout(
+        self, step: TierStep, remaining_s: float, *, final: bool
+    ) -> float:
+        """Return the SDK timeout in seconds of an attempt at ``step``.
+
+        ``final`` is True when no other provider step follows ``step``, so
+        only the template is left to answer after it.
+        """
+        configured = step.timeout_s or self.attempt_timeout_s
+        available = remaining_s if final else remaining_s * self.attempt_share
+        return min(configured, available)
+
     @classmethod
     def from_env(cls, **overrides: Any) -> ChainConfig:
         """Build the settings from the environment; keyword arguments win."""
         env = os.environ
         values: dict[str, Any] = {
-            "attempt_timeout_s": _float(ENV_ATTEMPT_TIMEOUT_S, 10.0),
+            "attempt_timeout_s": _float(ENV_ATTEMPT_TIMEOUT_S, 6.0),
+            "attempt_share": _float(ENV_ATTEMPT_SHARE, 0.5),
             "max_deadline_s": _float(ENV_MAX_DEADLINE_S, 30.0),
             "deadline_margin_s": _float(ENV_DEADLINE_MARGIN_S, 1.0),
             "hedge_delay_s": _float(ENV_HEDGE_DELAY_S, None),

@@ -18,7 +18,7 @@ from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from resilience.errors import ResilienceError, UpstreamTimeoutError
-from resilience.llm.attempts import Outcome
+from resilience.llm.attempts import MIN_ATTEMPT_S, Outcome
 from resilience.llm.classify import error_class_of
 from resilience.llm.template import template_answer
 from resilience.llm.types import (
@@ -60,9 +60,10 @@ class CompletionStream:
 
         emit_metric("LLMRequests")
         state, queue = self.state, list(self.steps)
+        state.pending_steps = queue
         while queue:
             step = queue.pop(0)
-            if step.is_template or state.remaining() < 0.05:
+            if step.is_template or state.remaining() < MIN_ATTEMPT_S:
                 break
             attempt = self.chain.make_attempt(state, step)
             skipped = attempt.start()
@@ -94,11 +95,12 @@ class CompletionStream:
         request = state.request
         started = time.monotonic()
         usage: Usage | None = None
-        pieces = attempt.provider.stream(
+        provider = attempt.provider
+        pieces = provider.stream(
             step.model,
             request.messages,
             max_tokens=request.max_tokens,
-            timeout_s=attempt.timeout_s,
+            timeout_s=attempt.call_timeout(),
             temperature=request.temperature,
         )
         try:
