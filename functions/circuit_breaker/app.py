@@ -35,7 +35,13 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from resilience.api import build_resolver, error_response, json_body, json_response
+from resilience.api import (
+    build_resolver,
+    error_response,
+    json_body,
+    json_response,
+    parse_json_object,
+)
 from resilience.breaker import BreakerSnapshot, get_breaker
 from resilience.errors import (
     BreakerOpenError,
@@ -223,7 +229,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
     message_id = record.message_id
     try:
         org_id = org_id_from_record(raw)
-        request = parse_call(json.loads(record.body))
+        request = parse_call(parse_json_object(record.body, field="body"))
         result = call_service(**request, deadline=_deadline(processor.lambda_context))
     except (json.JSONDecodeError, ValidationError) as exc:
         # Bad input stays bad: reply once and drop the message.

@@ -41,6 +41,7 @@ from resilience.api import (
     json_body,
     json_response,
     org_id_from_http_event,
+    parse_json_object,
 )
 from resilience.errors import (
     BudgetExceededError,
@@ -207,9 +208,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
     """Complete one queued body; raising sends the message back to the queue."""
     raw = record.raw_event
     try:
-        body = json.loads(record.body)
-        if not isinstance(body, dict):
-            raise ValidationError("message body must be a JSON object", field="body")
+        body = parse_json_object(record.body, field="body")
         outcome = run_completions(
             body, org_id_from_record(raw), processor.lambda_context
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from typing import Any
@@ -104,12 +105,21 @@ def parse_json_object(
     """Parse ``raw`` as a JSON object that PostgreSQL and HTTP clients can carry.
 
     Raises:
-        ValidationError: not JSON, not an object, nested deeper than
-            ``MAX_JSON_DEPTH``, or a string that cannot be stored (see
-            :func:`validate_json_value`); ``field`` names the offending part.
+        ValidationError: not JSON, not an object, a non-finite number (NaN,
+            Infinity, 1e400), nested deeper than ``MAX_JSON_DEPTH``, or a
+            string that cannot be stored (see :func:`validate_json_value`);
+            ``field`` names the offending part.
     """
     try:
-        value = json.loads(raw or "")
+        value = json.loads(
+            raw or "", parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except _NonFiniteNumberError as exc:
+        raise ValidationError(
+            f"{field} contains {exc.args[0]}, which is not a finite number: "
+            "JSON allows only finite numbers",
+            field=field,
+        ) from None
     except json.JSONDecodeError as exc:
         raise ValidationError(
             f"{field} is not valid JSON ({exc.msg} at position {exc.pos})",
@@ -131,6 +141,21 @@ def parse_json_object(
     return value
 
 
+class _NonFiniteNumberError(ValueError):
+    """Python's json module accepts NaN, Infinity and 1e400; JSON does not."""
+
+
+def _reject_constant(name: str) -> float:
+    raise _NonFiniteNumberError(name)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NonFiniteNumberError(text)
+    return number
+
+
 def validate_json_value(value: Any, *, field: str = "body") -> None:
     """Reject JSON that would fail later, deep in a store or an HTTP client.
 
@@ -150,6 +175,10 @@ def validate_json_value(value: Any, *, field: str = "body") -> None:
             )
         if isinstance(current, str):
             _check_text(current, path)
+        elif isinstance(current, float) and not math.isfinite(current):
+            raise ValidationError(
+                f"{path} is {current}, which is not a finite number", field=path
+            )
         elif isinstance(current, dict):
             for key, item in current.items():
                 _check_text(key, f"{path} key {key[:40]!r}")

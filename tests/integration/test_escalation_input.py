@@ -72,3 +72,44 @@ def test_sqs_request_not_json_is_final(harness: Harness) -> None:
 
     # Retrying a body that is not JSON cannot help, so it is not handed back.
     assert answer == {"batchItemFailures": []}
+
+
+def test_form_data_too_deep_is_rejected(harness: Harness) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "deep"})
+    harness.pump_notify()
+
+    response = harness.submit_form(
+        started["approvalUrl"],
+        {"decision": "approve", "data": '{"a": ' + "[" * 3000 + "]" * 3000 + "}"},
+    )
+
+    assert response["statusCode"] in (400, 422)
+    assert "nested too deeply" in response["body"]
+    assert harness.status(started["id"])["status"] == "pending"
+
+
+@pytest.mark.parametrize("value", ['"\\u0000"', '"\\ud800"', "NaN"])
+def test_form_data_unstorable_is_rejected(harness: Harness, value: str) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "bad data"})
+    harness.pump_notify()
+
+    response = harness.submit_form(
+        started["approvalUrl"], {"decision": "approve", "data": '{"a": ' + value + "}"}
+    )
+
+    assert response["statusCode"] in (400, 422)
+    assert harness.status(started["id"])["status"] == "pending"
+
+
+def test_nan_in_request_data_is_400(harness: Harness) -> None:
+    response = harness.call(
+        http_event(
+            "POST",
+            "https://approvals.test/escalations",
+            body='{"data": {"a": NaN}, "reason": "r"}',
+            headers={"content-type": "application/json"},
+        )
+    )
+
+    assert response["statusCode"] == 400
+    assert "finite" in json.loads(response["body"])["message"]

@@ -57,3 +57,19 @@ def test_surrogate_pair_is_accepted() -> None:
     body = parse_json_object(json.dumps({"emoji": "\U0001f600"}))
 
     assert body["emoji"] == "\U0001f600"
+
+
+@pytest.mark.parametrize("raw", ['{"a": NaN}', '{"a": Infinity}', '{"a": [-Infinity]}'])
+def test_rejects_non_finite_constants(raw: str) -> None:
+    with pytest.raises(ValidationError, match="not a finite number"):
+        parse_json_object(raw)
+
+
+def test_rejects_overflowing_float() -> None:
+    with pytest.raises(ValidationError, match="1e400"):
+        parse_json_object('{"deadlineS": 1e400}')
+
+
+def test_rejects_non_finite_value_object() -> None:
+    with pytest.raises(ValidationError, match=r"body\.a is nan"):
+        validate_json_value({"a": float("nan")})

@@ -89,6 +89,12 @@ def parse_record(record: Mapping[str, Any]) -> BatchItem | ItemResult:
         if processor is not None and not isinstance(processor, str):
             raise ValidationError("item.processor must be a string", field="processor")
     except (ValueError, ValidationError) as error:
+        # Reported as failed, so the queue's redrive policy moves the
+        # message to its DLQ where an operator can inspect it.
+        logger.warning(
+            "batch.message_invalid",
+            extra={"message_id": message_id, "error": str(error)[:500]},
+        )
         placeholder = BatchItem(
             batch_id="", item_id=None, message_id=message_id, group_id=group_id
         )

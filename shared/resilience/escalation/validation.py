@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from resilience.api import parse_json_object, validate_json_value
 from resilience.errors import ConfigError, ValidationError
 from resilience.escalation.config import ANYONE, MAX_TIMEOUT_S, EscalationConfig
 
@@ -126,11 +127,12 @@ def validate_start(
 
 
 def validate_data(data: Any, *, field: str) -> dict[str, Any]:
-    """Return ``data`` when it is a JSON object within the size limit."""
+    """Return ``data`` when it is a storable JSON object within the size limit."""
     if not isinstance(data, dict):
         raise ValidationError(
             f"{field} must be a JSON object, got {type(data).__name__}", field=field
         )
+    validate_json_value(data, field=field)
     size = len(json.dumps(data, separators=(",", ":")).encode())
     if size > MAX_DATA_BYTES:
         raise ValidationError(
@@ -231,13 +233,7 @@ def parse_decision(body: dict[str, Any], *, original: dict[str, Any]) -> Decisio
         return DecisionBody(decision=decision, data=None, reason=reason or None)
 
     if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(
-                f"data is not valid JSON ({exc.msg} at position {exc.pos})",
-                field="data",
-            ) from None
+        data = parse_json_object(data, field="data")
     checked = validate_data(data, field="data")
     edited = None if checked == original else checked
     return DecisionBody(decision=decision, data=edited, reason=reason or None)
