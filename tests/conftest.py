@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import redis
 from psycopg import sql
 
 from local.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -107,9 +108,22 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_key_prefix() -> str:
-    """A key prefix no other test uses."""
-    return f"test:{uuid.uuid4().hex[:12]}:"
+def redis_key_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted after the test."""
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+
+    # Tests may run against a shared server, so leave nothing behind on it.
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        # A test that stopped this server leaves it to the session's teardown.
+        pass
+    finally:
+        client.close()
 
 
 @pytest.fixture
