@@ -293,6 +293,50 @@ def test_escalation_approved_through_form(local_stack: LocalStackHandle) -> None
     assert len(updated) == 1
 
 
+def test_escalation_expires_after_timeout(local_stack: LocalStackHandle) -> None:
+    client = local_stack.http(org_id="acme")
+    slack = str(local_stack.info["slack"])
+
+    # GIVEN an escalation that nobody answers within its 2-second timeout
+    started = client.post(
+        "/escalations",
+        json={"data": {"userId": "u-9"}, "reason": "expiry", "timeoutSeconds": 2},
+    )
+    assert started.status_code == 202, started.text
+    escalation = started.json()
+
+    # WHEN the state machine's wait times out
+    def expired() -> dict[str, Any] | None:
+        record = client.get(f"/escalations/{escalation['id']}").json()
+        return record if record["status"] != "pending" else None
+
+    record = wait_until(expired, timeout_s=30, description="escalation expired")
+
+    # THEN it is expired (not rejected), the execution SUCCEEDED, the Slack
+    # message says so, and the old link shows the expired page
+    assert record["status"] == "expired"
+    sfn = local_stack.aws("stepfunctions")
+    state_machine = next(iter(local_stack.info["stateMachines"].values()))
+    execution_arn = state_machine.replace(":stateMachine:", ":execution:") + (
+        f":{escalation['id']}"
+    )
+
+    def execution_finished() -> dict[str, Any] | None:
+        execution = sfn.describe_execution(executionArn=execution_arn)
+        return execution if execution["status"] != "RUNNING" else None
+
+    execution = wait_until(execution_finished, timeout_s=20)
+    assert execution["status"] == "SUCCEEDED"
+    updated = wait_until(
+        lambda: _slack_calls(slack, "/api/chat.update", escalation["id"]),
+        timeout_s=20,
+        description="Slack message updated to expired",
+    )
+    assert "xpired" in json.dumps(updated[-1])
+    page = httpx.get(escalation["approvalUrl"], timeout=35)
+    assert page.status_code == 410
+
+
 def _slack_calls(slack_url: str, path: str, needle: str) -> list[dict[str, Any]]:
     requests = httpx.get(f"{slack_url}/_recorded").json()["requests"]
     return [r for r in requests if r["path"] == path and needle in json.dumps(r)]
