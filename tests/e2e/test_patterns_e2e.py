@@ -264,17 +264,7 @@ def test_escalation_approved_through_form(local_stack: LocalStackHandle) -> None
 
     # THEN the execution succeeds, having sent the approved data to the
     # resume queue, and the resume handler records the outcome
-    sfn = local_stack.aws("stepfunctions")
-    state_machine = next(iter(local_stack.info["stateMachines"].values()))
-    execution_arn = state_machine.replace(":stateMachine:", ":execution:") + (
-        f":{escalation['id']}"
-    )
-
-    def execution_finished() -> dict[str, Any] | None:
-        execution = sfn.describe_execution(executionArn=execution_arn)
-        return execution if execution["status"] != "RUNNING" else None
-
-    execution = wait_until(execution_finished, timeout_s=20)
+    execution = _finished_execution(local_stack, escalation["id"])
     assert execution["status"] == "SUCCEEDED"
     assert json.loads(execution["output"])["decision"]["data"] == edited
 
@@ -315,17 +305,7 @@ def test_escalation_expires_after_timeout(local_stack: LocalStackHandle) -> None
     # THEN it is expired (not rejected), the execution SUCCEEDED, the Slack
     # message says so, and the old link shows the expired page
     assert record["status"] == "expired"
-    sfn = local_stack.aws("stepfunctions")
-    state_machine = next(iter(local_stack.info["stateMachines"].values()))
-    execution_arn = state_machine.replace(":stateMachine:", ":execution:") + (
-        f":{escalation['id']}"
-    )
-
-    def execution_finished() -> dict[str, Any] | None:
-        execution = sfn.describe_execution(executionArn=execution_arn)
-        return execution if execution["status"] != "RUNNING" else None
-
-    execution = wait_until(execution_finished, timeout_s=20)
+    execution = _finished_execution(local_stack, escalation["id"])
     assert execution["status"] == "SUCCEEDED"
     updated = wait_until(
         lambda: _slack_calls(slack, "/api/chat.update", escalation["id"]),
@@ -335,6 +315,23 @@ def test_escalation_expires_after_timeout(local_stack: LocalStackHandle) -> None
     assert "xpired" in json.dumps(updated[-1])
     page = httpx.get(escalation["approvalUrl"], timeout=35)
     assert page.status_code == 410
+
+
+def _finished_execution(
+    local_stack: LocalStackHandle, escalation_id: str
+) -> dict[str, Any]:
+    """Wait for the escalation's execution to leave RUNNING and return it."""
+    sfn = local_stack.aws("stepfunctions")
+    state_machine = next(iter(local_stack.info["stateMachines"].values()))
+    execution_arn = state_machine.replace(":stateMachine:", ":execution:") + (
+        f":{escalation_id}"
+    )
+
+    def execution_finished() -> dict[str, Any] | None:
+        execution = sfn.describe_execution(executionArn=execution_arn)
+        return execution if execution["status"] != "RUNNING" else None
+
+    return dict(wait_until(execution_finished, timeout_s=20))
 
 
 def _slack_calls(slack_url: str, path: str, needle: str) -> list[dict[str, Any]]:
