@@ -25,7 +25,6 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
-    process_partial_response,
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -37,6 +36,7 @@ from resilience.api import (
     json_response,
     org_id_from_http_event,
     parse_json_object,
+    serve_http_or_sqs,
 )
 from resilience.errors import (
     ForbiddenError,
@@ -263,11 +263,6 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Serve HTTP API events and ``escalation-requests`` SQS batches."""
-    if "Records" in event:
-        return process_partial_response(  # type: ignore[return-value]
-            event=event,
-            record_handler=record_handler,
-            processor=processor,
-            context=context,
-        )
-    return app.resolve(event, context)
+    return serve_http_or_sqs(
+        event, context, app, record_handler=record_handler, processor=processor
+    )

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.event_handler import (
@@ -22,6 +23,11 @@ from aws_lambda_powertools.event_handler import (
     Response,
     content_types,
 )
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from resilience.errors import (
     BreakerOpenError,
@@ -40,6 +46,7 @@ __all__ = [
     "json_response",
     "org_id_from_http_event",
     "parse_json_object",
+    "serve_http_or_sqs",
     "validate_json_value",
     "validate_org_id",
 ]
@@ -105,10 +112,10 @@ def parse_json_object(
     """Parse ``raw`` as a JSON object that PostgreSQL and HTTP clients can carry.
 
     Raises:
-        ValidationError: not JSON, not an object, a non-finite number (NaN,
-            Infinity, 1e400), nested deeper than ``MAX_JSON_DEPTH``, or a
-            string that cannot be stored (see :func:`validate_json_value`);
-            ``field`` names the offending part.
+        ValidationError: the text is not JSON or not an object, contains a
+            non-finite number (NaN, Infinity, 1e400), is nested deeper than
+            ``MAX_JSON_DEPTH``, or contains a string that cannot be stored
+            (see :func:`validate_json_value`). ``field`` names the part.
     """
     try:
         value = json.loads(
@@ -267,3 +274,27 @@ def build_resolver() -> APIGatewayHttpResolver:
         return error_response(500, "internal_error", type(error).__name__)
 
     return resolver
+
+
+def serve_http_or_sqs(
+    event: dict[str, Any],
+    context: Any,
+    resolver: APIGatewayHttpResolver,
+    *,
+    record_handler: Callable[[SQSRecord], Any],
+    processor: BatchProcessor,
+) -> dict[str, Any]:
+    """Serve one event of a function that has both HTTP API and SQS triggers.
+
+    An SQS batch goes to ``record_handler`` one record at a time, and the
+    response names only the failed messages (``batchItemFailures``). Any
+    other event is an HTTP API (payload 2.0) request for ``resolver``.
+    """
+    if "Records" in event:
+        return process_partial_response(  # type: ignore[return-value]
+            event=event,
+            record_handler=record_handler,
+            processor=processor,
+            context=context,
+        )
+    return resolver.resolve(event, context)
