@@ -5,8 +5,8 @@
 -- every statement is CREATE ... IF NOT EXISTS or ADD COLUMN IF NOT EXISTS.
 -- Every time is timestamptz, and every table has created_at.
 
--- Circuit breaker transitions. Redis holds the live state; this table is the
--- durable record of the last transition per service.
+-- Circuit breaker transitions. Redis stores the live state, and this table is
+-- the durable record of the last transition per service.
 CREATE TABLE IF NOT EXISTS circuit_breaker_state (
     id bigserial PRIMARY KEY,
     service_name text NOT NULL,

@@ -99,7 +99,7 @@ class IdempotencyConflictError(ConflictError):
 
     def __init__(self, key: str) -> None:
         # Keys do not contain the org, so another org's use of the same ids
-        # is a conflict too; the message must not claim which case it was.
+        # is a conflict too. The message therefore names both causes.
         super().__init__(
             f"idempotency key {key!r} was already used with a different payload "
             "or by another org: use a new batch or item id for new data"

@@ -72,11 +72,10 @@ def emit_metric(
     document.update({key: str(item) for key, item in dimensions.items()})
     try:
         line = json.dumps(document)
-    except (TypeError, ValueError):
+        # Lambda sends stdout to CloudWatch Logs, which extracts EMF lines.
+        print(line, flush=True)
+    except (TypeError, ValueError, OSError):
         logger.warning("metric.emit_failed", extra={"metric": name}, exc_info=True)
-        return
-    # Lambda sends stdout to CloudWatch Logs, which extracts EMF lines.
-    print(line, flush=True)
 
 
 def init_sentry() -> bool:

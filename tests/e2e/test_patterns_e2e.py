@@ -287,7 +287,7 @@ def test_escalation_expires_after_timeout(local_stack: LocalStackHandle) -> None
     client = local_stack.http(org_id="acme")
     slack = str(local_stack.info["slack"])
 
-    # GIVEN an escalation that nobody answers within its 2-second timeout
+    # GIVEN an escalation that no approver decides within its 2-second timeout
     started = client.post(
         "/escalations",
         json={"data": {"userId": "u-9"}, "reason": "expiry", "timeoutSeconds": 2},
@@ -303,7 +303,7 @@ def test_escalation_expires_after_timeout(local_stack: LocalStackHandle) -> None
     record = wait_until(expired, timeout_s=30, description="escalation expired")
 
     # THEN it is expired (not rejected), the execution SUCCEEDED, the Slack
-    # message says so, and the old link shows the expired page
+    # message shows the expiry, and the old link returns the expired page
     assert record["status"] == "expired"
     execution = _finished_execution(local_stack, escalation["id"])
     assert execution["status"] == "SUCCEEDED"

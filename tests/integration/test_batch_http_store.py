@@ -70,7 +70,7 @@ def test_postgres_down_answers_503(
         body = '{"batchId": "b-down", "items": [{"id": "i1", "data": {}}]}'
         response = post(handler, body)
 
-        # THEN nothing ran, and the caller is told to retry the request
+        # THEN nothing ran, and the response asks the caller to retry
         assert response["statusCode"] == 503
         assert json.loads(response["body"])["error"] == "store_unavailable"
 
