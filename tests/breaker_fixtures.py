@@ -122,6 +122,15 @@ class CountingStore:
         self.round_trips += 1
         return self.inner.run_script(script, keys, args)
 
+    def send_script(
+        self, script: Any, keys: list[str], args: list[Any], on_reply: Any
+    ) -> None:
+        self.round_trips += 1
+        self.inner.send_script(script, keys, args, on_reply)
+
+    def collect_replies(self) -> None:
+        self.inner.collect_replies()
+
     def ping(self) -> bool:
         self.round_trips += 1
         return self.inner.ping()

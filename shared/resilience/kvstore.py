@@ -14,6 +14,12 @@ know the script yet, and fail within a tight timeout (``REDIS_TIMEOUT_MS``,
 default 200 ms). Every failure, timeout included, is raised as
 :class:`~resilience.errors.RedisUnavailableError`.
 
+``send_script`` runs a script whose reply the caller does not wait for. The
+Redis store writes it to a connection of its own and reads the reply later,
+in the order sent: when the next command needs the connection order, or on
+:meth:`RedisStore.collect_replies`. The Upstash store has no such pipeline
+over REST and runs the script at once.
+
 Settings read by :func:`store_from_env`, first match wins:
 
 1. ``REDIS_URL`` (``redis://`` or ``rediss://``): a :class:`RedisStore`.
@@ -31,6 +37,8 @@ import json
 import logging
 import os
 import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -61,6 +69,13 @@ ENV_UPSTASH_PAIRS = (
 
 DEFAULT_KEY_PREFIX = "ar:"
 DEFAULT_TIMEOUT_MS = 200
+
+# Replies the Redis store leaves unread before it waits for the oldest one.
+MAX_UNREAD_REPLIES = 64
+
+# Receives the reply of a script sent with send_script, or the error that
+# stood in its way (then the reply is None).
+ReplyHandler = Callable[[Any, Exception | None], None]
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,16 @@ class KeyValueStore(Protocol):
         self, script: Script, keys: list[str], args: list[str | int | float]
     ) -> Any: ...
 
+    def send_script(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str | int | float],
+        on_reply: ReplyHandler,
+    ) -> None: ...
+
+    def collect_replies(self) -> None: ...
+
     def ping(self) -> bool: ...
 
 
@@ -124,12 +149,140 @@ def _set_command(
     return command
 
 
+def _encode_command(parts: list[Any]) -> bytes:
+    """Encode a command as RESP; redis-py's encoder is several times slower."""
+    chunks = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        chunks.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(chunks)
+
+
+@dataclass
+class _UnreadReply:
+    script: Script
+    command: list[Any]
+    on_reply: ReplyHandler
+
+
+class _ReplyPipeline:
+    """One connection whose replies are read after the caller has moved on.
+
+    Commands sent here run on the server in the order sent, and their replies
+    are read in that order. Anything else that must run after them calls
+    :meth:`collect` with ``wait=True`` first.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._connection: Any = None
+        self._unread: deque[_UnreadReply] = deque()
+        # Re-entrant: a reply handler may use the store again.
+        self._lock = threading.RLock()
+
+    def send(self, script: Script, command: list[Any], on_reply: ReplyHandler) -> None:
+        import redis
+
+        with self._lock:
+            self._read(wait=len(self._unread) >= MAX_UNREAD_REPLIES)
+            try:
+                if self._connection is None:
+                    pool = self._store.client.connection_pool
+                    self._connection = pool.get_connection()
+                self._connection.send_packed_command([_encode_command(command)])
+            except redis.RedisError as exc:
+                self._break(exc)
+                raise _unavailable(script, exc) from exc
+            self._unread.append(_UnreadReply(script, command, on_reply))
+
+    def collect(self, *, wait: bool) -> None:
+        """Hand out the replies that arrived, or all of them when ``wait``."""
+        if not self._unread:
+            return
+        with self._lock:
+            self._read(wait=wait)
+
+    def close(self) -> None:
+        with self._lock:
+            self._break(RedisUnavailableError("the Redis store was closed"))
+
+    def _read(self, *, wait: bool) -> None:
+        import redis
+
+        connection = self._connection
+        while self._unread:
+            entry = self._unread[0]
+            try:
+                if not wait and not connection.can_read(timeout=0):
+                    return
+                reply = connection.read_response()
+            except redis.exceptions.NoScriptError:
+                # The server lost its scripts (a restart or SCRIPT FLUSH): run
+                # this one again with EVAL, which also reloads it.
+                self._unread.popleft()
+                try:
+                    reply = self._store._evalsha(entry.script, entry.command[2:])
+                except RedisUnavailableError as exc:
+                    _deliver(entry.on_reply, None, exc)
+                    continue
+            except redis.exceptions.ResponseError as exc:
+                # An error reply (a failing script, an out-of-memory server)
+                # concerns that script alone; the connection is fine.
+                self._unread.popleft()
+                _deliver(entry.on_reply, None, _unavailable(entry.script, exc))
+                continue
+            except redis.RedisError as exc:
+                # A lost connection loses the replies still unread; whether
+                # those scripts ran is unknown, so each sender hears the error.
+                self._break(exc)
+                return
+            else:
+                self._unread.popleft()
+                reply = _normalize(reply)
+            _deliver(entry.on_reply, reply, None)
+
+    def _break(self, error: Exception) -> None:
+        if self._connection is not None:
+            self._connection.disconnect()
+            self._store.client.connection_pool.release(self._connection)
+            self._connection = None
+        unread, self._unread = self._unread, deque()
+        if unread:
+            logger.warning(
+                "kvstore.replies_lost",
+                extra={
+                    "unread": len(unread),
+                    "error": f"{type(error).__name__}: {error}",
+                },
+            )
+        wrapped = RedisUnavailableError(
+            f"Redis reply lost: {type(error).__name__}: {error}"
+        )
+        for entry in unread:
+            _deliver(entry.on_reply, None, wrapped)
+
+
+def _unavailable(script: Script, error: Exception) -> RedisUnavailableError:
+    return RedisUnavailableError(
+        f"Redis script {script.name} failed: {type(error).__name__}: {error}"
+    )
+
+
+def _deliver(on_reply: ReplyHandler, reply: Any, error: Exception | None) -> None:
+    try:
+        on_reply(reply, error)
+    except Exception:
+        # A handler's bug must not break the connection other senders share.
+        logger.exception("kvstore.reply_handler_failed")
+
+
 class RedisStore:
     """A :class:`KeyValueStore` on redis-py (RESP), with no client retries."""
 
     def __init__(self, client: Any, *, prefix: str = DEFAULT_KEY_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
+        self._pipeline = _ReplyPipeline(self)
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r}>"
@@ -161,6 +314,7 @@ class RedisStore:
     def _call(self, *command: Any) -> Any:
         import redis
 
+        self._pipeline.collect(wait=True)
         try:
             return self.client.execute_command(*command)
         except redis.RedisError as exc:
@@ -191,28 +345,50 @@ class RedisStore:
     def run_script(
         self, script: Script, keys: list[str], args: list[str | int | float]
     ) -> Any:
+        self._pipeline.collect(wait=True)
+        full_keys = [self.prefix + key for key in keys]
+        return self._evalsha(script, [len(full_keys), *full_keys, *args])
+
+    def _evalsha(self, script: Script, tail: list[Any]) -> Any:
+        """Run ``script`` with ``tail`` (numkeys, keys, args) on a pooled connection."""
         import redis
 
-        full_keys = [self.prefix + key for key in keys]
         try:
-            result = self.client.execute_command(
-                "EVALSHA", script.sha1, len(full_keys), *full_keys, *args
-            )
-        except redis.exceptions.NoScriptError:
-            # EVAL runs the script and caches it, so the next EVALSHA succeeds.
-            result = self._call(
-                "EVAL", script.source, len(full_keys), *full_keys, *args
-            )
+            try:
+                result = self.client.execute_command("EVALSHA", script.sha1, *tail)
+            except redis.exceptions.NoScriptError:
+                # EVAL runs the script and caches it, so the next EVALSHA succeeds.
+                result = self.client.execute_command("EVAL", script.source, *tail)
         except redis.RedisError as exc:
-            raise RedisUnavailableError(
-                f"Redis script {script.name} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise _unavailable(script, exc) from exc
         return _normalize(result)
+
+    def send_script(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str | int | float],
+        on_reply: ReplyHandler,
+    ) -> None:
+        """Send ``script`` and return before its reply arrives.
+
+        ``on_reply`` gets the reply (or the error that replaced it) when a
+        later call on this store reads it. Raises
+        :class:`~resilience.errors.RedisUnavailableError` when it cannot be sent.
+        """
+        full_keys = [self.prefix + key for key in keys]
+        command = ["EVALSHA", script.sha1, len(full_keys), *full_keys, *args]
+        self._pipeline.send(script, command, on_reply)
+
+    def collect_replies(self) -> None:
+        """Hand the replies that have arrived to their handlers."""
+        self._pipeline.collect(wait=False)
 
     def ping(self) -> bool:
         return bool(self._call("PING"))
 
     def close(self) -> None:
+        self._pipeline.close()
         self.client.close()
 
 
@@ -300,6 +476,22 @@ class UpstashStore:
                 raise
         # EVAL runs the script and caches it, so the next EVALSHA succeeds.
         return self._call(["EVAL", script.source, *tail])
+
+    def send_script(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str | int | float],
+        on_reply: ReplyHandler,
+    ) -> None:
+        """Run ``script`` and pass its reply to ``on_reply`` before returning.
+
+        Each REST request waits for its response, so nothing is left unread.
+        """
+        on_reply(self.run_script(script, keys, args), None)
+
+    def collect_replies(self) -> None:
+        """Nothing to collect: every request has had its response."""
 
     def ping(self) -> bool:
         return self._call(["PING"]) in (True, "PONG")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -537,3 +538,82 @@ def test_deferred_successes_flush_after_interval(
 
     assert counting.round_trips == 1
     assert window_calls(counting, redis_url) == 4
+
+
+CACHED = BreakerConfig(
+    failure_threshold=3, failure_rate_threshold=0, state_cache_ttl=60
+)
+
+
+def test_pipelined_success_is_counted_without_waiting(
+    make_store: Callable[..., KeyValueStore], clock: FakeClock, redis_url: str
+) -> None:
+    breaker = CircuitBreaker("svc", CACHED, store=make_store(), clock=clock)
+    succeed(breaker, 3)
+
+    # Another client sees every count before this instance read a reply.
+    assert window_calls(breaker._resolve_store(), redis_url) == 3
+
+
+def test_pipelined_reply_brings_state_opened_elsewhere(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    instance = make_breaker(CACHED)
+    succeed(instance)  # GIVEN an instance that trusts a closed state for 60 s
+    fail(make_breaker(), 3)  # WHEN another instance opens the breaker
+
+    succeed(instance)  # admitted from the cache; its reply says open
+
+    # A later decision reads the reply once it has arrived.
+    def admitted_until_rejected() -> int:
+        for admitted in range(2000):
+            try:
+                instance.acquire().release()
+            except BreakerOpenError:
+                return admitted
+            time.sleep(0.001)
+        return -1
+
+    assert 0 <= admitted_until_rejected() < 2000
+    assert instance.last_seen_state == "open"
+
+
+def test_success_waits_for_reply_when_pipelining_is_off(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    instance = make_breaker(replace(CACHED, pipeline_successes=False))
+    succeed(instance)
+    fail(make_breaker(), 3)
+
+    succeed(instance)  # its reply, read before returning, says open
+
+    assert instance.last_seen_state == "open"
+    with pytest.raises(BreakerOpenError):
+        instance.acquire()
+
+
+def test_pipelined_success_returns_before_its_reply(redis_url: str) -> None:
+    from resilience.kvstore import RedisStore
+
+    handled: list[object] = []
+
+    class Watched(RedisStore):
+        def send_script(self, script, keys, args, on_reply):  # type: ignore[no-untyped-def]
+            def watched(reply: object, error: Exception | None) -> None:
+                handled.append(reply)
+                on_reply(reply, error)
+
+            super().send_script(script, keys, args, watched)
+
+    store = Watched.from_url(redis_url, prefix=f"pipelined-{time.time_ns()}:")
+    breaker = CircuitBreaker("svc", CACHED, store=store)
+    succeed(breaker)  # learns the state
+
+    succeed(breaker)
+    returned_before_reply = len(handled) == 0
+
+    breaker.snapshot()  # reads every reply still unread
+    store.delete("breaker:svc")
+    store.close()
+    assert returned_before_reply
+    assert len(handled) == 2

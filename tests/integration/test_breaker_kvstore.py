@@ -21,6 +21,24 @@ from tests.upstash_bridge import UpstashBridge
 __all__ = ["make_store", "store", "store_kind", "upstash_bridge"]
 
 ECHO = Script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}", name="echo")
+COUNT = Script("return redis.call('INCR', KEYS[1])", name="count")
+FAIL = Script("return redis.error_reply('ERR refused by the test')", name="fail")
+
+
+class Replies:
+    """Collects what send_script hands to its reply handler."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[object, Exception | None]] = []
+
+    def __call__(self, reply: object, error: Exception | None) -> None:
+        self.received.append((reply, error))
+
+    def wait(self, store: KeyValueStore, count: int) -> None:
+        deadline = time.monotonic() + 2
+        while len(self.received) < count and time.monotonic() < deadline:
+            store.collect_replies()
+            time.sleep(0.001)
 
 
 def test_set_get_round_trip(store: KeyValueStore) -> None:
@@ -80,6 +98,58 @@ def test_run_script_loads_then_uses_sha(store: KeyValueStore, redis_url: str) ->
 
 def test_run_script_prefixes_keys_and_normalizes(store: KeyValueStore) -> None:
     assert store.run_script(ECHO, ["k"], ["a", 41]) == [store.prefix + "k", "a", 42]
+
+
+def test_send_script_hands_reply_to_handler(store: KeyValueStore) -> None:
+    replies = Replies()
+    store.send_script(ECHO, ["k"], ["a", 1], replies)
+    replies.wait(store, 1)
+    assert replies.received == [([store.prefix + "k", "a", 2], None)]
+
+
+def test_sent_scripts_run_before_the_next_command(store: KeyValueStore) -> None:
+    replies = Replies()
+    for _ in range(5):
+        store.send_script(COUNT, ["counter"], [], replies)
+
+    # The next command waits for every reply still unread, in order.
+    assert store.get("counter") == b"5"
+    assert replies.received == [(n, None) for n in range(1, 6)]
+
+
+def test_error_reply_reaches_only_its_sender(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix="kv-error:")
+    failed, counted = Replies(), Replies()
+    store.send_script(FAIL, [], [], failed)
+    store.send_script(COUNT, ["counter"], [], counted)
+    try:
+        assert store.run_script(COUNT, ["counter"], []) == 2
+        [(reply, error)] = failed.received
+        assert reply is None
+        assert isinstance(error, RedisUnavailableError)
+        assert "refused by the test" in str(error)
+        assert counted.received == [(1, None)]
+    finally:
+        store.delete("counter")
+        store.close()
+
+
+def test_sent_script_unknown_to_server_runs_with_eval(redis_url: str) -> None:
+    import redis
+
+    store = RedisStore.from_url(redis_url, prefix="kv-noscript:")
+    fresh = Script(f"return 'ran {time.time_ns()}'", name="fresh")
+    replies = Replies()
+    store.send_script(fresh, [], [], replies)
+    replies.wait(store, 1)
+    store.close()
+
+    [(reply, error)] = replies.received
+    assert error is None
+    assert str(reply).startswith("ran ")
+    raw = redis.Redis.from_url(redis_url)
+    assert raw.script_exists(fresh.sha1) == [True]
+    raw.close()
 
 
 def test_ping(store: KeyValueStore) -> None:

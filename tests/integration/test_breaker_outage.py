@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -18,7 +20,7 @@ from resilience.breaker import (
     get_breaker,
 )
 from resilience.errors import BreakerOpenError, RedisUnavailableError
-from resilience.kvstore import RedisStore, UpstashStore, reset_store_cache
+from resilience.kvstore import RedisStore, Script, UpstashStore, reset_store_cache
 from tests.upstash_bridge import UpstashBridge
 
 TIMEOUT_MS = 200
@@ -86,6 +88,69 @@ def test_redis_stopped_mid_run(
     assert snapshot.state is BreakerState.OPEN
     assert snapshot.failure_count == 3
     assert len(outage_warnings(caplog)) == 1
+
+
+# Busy for longer than the store's timeout, so its reply comes too late.
+SLOW = Script(
+    "local start = redis.call('TIME') "
+    "repeat local now = redis.call('TIME') "
+    "until (now[1] - start[1]) * 1000000 + now[2] - start[2] > 400000 "
+    "return 'late'",
+    name="slow",
+)
+
+
+def slow_store(server: EmbeddedRedis) -> RedisStore:
+    """A store on ``server`` that knows SLOW, so EVALSHA runs it at once."""
+    import redis
+
+    raw = redis.Redis.from_url(server.url)
+    raw.script_load(SLOW.source)
+    raw.close()
+    return RedisStore.from_url(server.url, timeout_ms=TIMEOUT_MS)
+
+
+@pytest.mark.timeout(60)
+def test_reply_too_late_is_reported_lost(redis_server: EmbeddedRedis) -> None:
+    store = slow_store(redis_server)
+    errors: list[Exception | None] = []
+    store.send_script(SLOW, [], [], lambda _reply, error: errors.append(error))
+
+    # WHEN a command must wait for the replies before its own (it may time
+    # out too while the script still holds Redis)
+    with contextlib.suppress(RedisUnavailableError):
+        store.get("k")
+
+    assert len(errors) == 1
+    assert isinstance(errors[0], RedisUnavailableError)
+    assert "lost" in str(errors[0])
+    time.sleep(0.5)  # THEN the store answers again on a new connection
+    assert store.ping() is True
+    store.close()
+
+
+@pytest.mark.timeout(60)
+def test_lost_success_reply_turns_into_policy(
+    redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = slow_store(redis_server)
+    config = replace(CONFIG, state_cache_ttl=60, store_retry_interval=60)
+    breaker = CircuitBreaker("reply-lost", config, store=store)
+    timed_call(breaker)
+    caplog.set_level(logging.WARNING, logger="resilience")
+    store.send_script(SLOW, [], [], lambda _reply, _error: None)
+
+    # GIVEN a success reported behind a reply that will not come in time
+    breaker.acquire().success()
+    # WHEN failures, which wait for every earlier reply, are reported
+    durations = [timed_call(breaker, ok=False) for _ in range(2)]
+
+    assert max(durations) < DECISION_BOUND_S
+    assert len(outage_warnings(caplog)) == 1
+    lost = [r for r in caplog.records if r.getMessage() == "kvstore.replies_lost"]
+    assert len(lost) == 1
+    assert breaker.last_seen_state == "closed"  # the in-memory breaker decides
+    store.close()
 
 
 def test_fail_closed_rejects_while_store_away() -> None:

@@ -40,6 +40,7 @@ def test_defaults() -> None:
         ({"slow_call_duration": 0}, "slow_call_duration"),
         ({"failure_threshold": 0, "failure_rate_threshold": 0}, "failure_threshold"),
         ({"store_failure_policy": "sideways"}, "store_failure_policy"),
+        ({"pipeline_successes": "yes"}, "pipeline_successes"),
     ],
 )
 def test_invalid_config_names_setting(changes: dict[str, object], setting: str) -> None:
@@ -60,6 +61,22 @@ def test_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.reset_timeout == 12.5
     assert config.store_failure_policy is StoreFailurePolicy.FAIL_CLOSED
     assert config.slow_call_duration is None
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("false", False), ("On", True)])
+def test_pipeline_successes_from_env(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool
+) -> None:
+    monkeypatch.setenv("BREAKER_PIPELINE_SUCCESSES", raw)
+    assert BreakerConfig.from_env().pipeline_successes is expected
+
+
+def test_pipeline_successes_rejects_other_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BREAKER_PIPELINE_SUCCESSES", "maybe")
+    with pytest.raises(ConfigError, match="BREAKER_PIPELINE_SUCCESSES must be true"):
+        BreakerConfig.from_env()
 
 
 def test_from_env_rejects_text(monkeypatch: pytest.MonkeyPatch) -> None:

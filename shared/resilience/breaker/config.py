@@ -60,6 +60,7 @@ ENV_NAMES = {
     "store_failure_policy": "BREAKER_STORE_FAILURE_POLICY",
     "store_retry_interval": "BREAKER_STORE_RETRY_INTERVAL_S",
     "success_flush_interval": "BREAKER_SUCCESS_FLUSH_S",
+    "pipeline_successes": "BREAKER_PIPELINE_SUCCESSES",
 }
 
 # camelCase keys accepted in the "breaker" object of BREAKER_SERVICES.
@@ -78,6 +79,7 @@ JSON_NAMES = {
     "storeRetryIntervalS": "store_retry_interval",
     "failureStatusCodes": "failure_status_codes",
     "successFlushS": "success_flush_interval",
+    "pipelineSuccesses": "pipeline_successes",
 }
 
 
@@ -110,6 +112,9 @@ class BreakerConfig:
         success_flush_interval: when > 0, closed-state successes are counted
             in memory and sent with this instance's next report, at the
             latest this long after the first one (0 sends each at once).
+        pipeline_successes: send the report of a closed-state success without
+            waiting for its reply, which a later call reads; the count reaches
+            the store at once, the state in the reply one call later.
         listener_timeout: time a call waits for transition listeners (audit
             rows, alerts) before it goes on and leaves them running.
     """
@@ -132,6 +137,7 @@ class BreakerConfig:
     )
     listener_timeout: float = 1.0
     success_flush_interval: float = 0.0
+    pipeline_successes: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.store_failure_policy, str):
@@ -167,6 +173,12 @@ class BreakerConfig:
         self._check(self.listener_timeout > 0, "listener_timeout", "> 0 seconds")
         self._check(
             self.success_flush_interval >= 0, "success_flush_interval", ">= 0 seconds"
+        )
+
+        self._check(
+            isinstance(self.pipeline_successes, bool),
+            "pipeline_successes",
+            "true or false",
         )
 
         if self.failure_threshold == 0 and self.failure_rate_threshold == 0:
@@ -235,9 +247,22 @@ def _policy(raw: str) -> StoreFailurePolicy:
         ) from None
 
 
+def _flag(raw: str, env_name: str) -> bool:
+    normalized = raw.strip().lower()
+    if normalized in ("1", "true", "yes", "on"):
+        return True
+    if normalized in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(
+        f"{env_name} must be true or false, got {raw!r}", setting=env_name
+    )
+
+
 def _parse_field(name: str, raw: str, env_name: str) -> Any:
     kinds = {item.name: item.type for item in fields(BreakerConfig)}
     kind = str(kinds[name])
+    if kind == "bool":
+        return _flag(raw, env_name)
     try:
         if name == "store_failure_policy":
             return _policy(raw)

@@ -4,7 +4,10 @@ Round trips to the store per guarded call (measured by ``bench/breaker.py``):
 
 - closed: 1 (the report). ``acquire`` decides from the state this instance
   saw last when that state is closed and younger than ``state_cache_ttl``.
-  After a quiet spell the first call costs 2.
+  After a quiet spell the first call costs 2. With ``pipeline_successes``
+  (the default) the caller does not wait for the report of a success: the
+  Redis store reads its reply later, and the state it carries is taken in
+  then.
 - open: 0 while the last state seen is open, younger than
   ``state_cache_ttl`` and inside its cooldown, otherwise 1.
 - half_open: 1 to acquire a probe (or be rejected) and 1 to report it.
@@ -266,6 +269,7 @@ class CircuitBreaker:
             BreakerOpenError: the breaker is open, all probe slots are taken,
                 or the store is unreachable under ``fail_closed``.
         """
+        self._collect_replies()
         now_ms = self._now_ms()
         cached = self._permit_from_seen(now_ms)
         if cached is not None:
@@ -359,21 +363,26 @@ class CircuitBreaker:
         if not permit.local:
             if ok and self._defer_success(permit):
                 return
-            reply = self._run(
-                scripts.REPORT,
-                [
-                    now_ms,
-                    1 if ok else 0,
-                    permit.generation,
-                    permit.probe_id,
-                    self._report_settings,
-                    self._take_pending(permit.generation),
-                ],
-            )
-            if reply is not None:
-                self._remember(reply)
-                self._announce(reply, reason=reason or None)
-                return
+            args: list[Any] = [
+                now_ms,
+                1 if ok else 0,
+                permit.generation,
+                permit.probe_id,
+                self._report_settings,
+                self._take_pending(permit.generation),
+            ]
+            # A success outside a probe never makes a transition, so nothing
+            # waits for its reply. Failures and probes may make one, which
+            # this instance must announce before the caller goes on.
+            if ok and not permit.is_probe and config.pipeline_successes:
+                if self._send_report(args):
+                    return
+            else:
+                reply = self._run(scripts.REPORT, args)
+                if reply is not None:
+                    self._remember(reply)
+                    self._announce(reply, reason=reason or None)
+                    return
             # The store went away during the call: count the outcome locally
             # so the in-memory breaker learns from it.
             permit = Permit(self, generation=self._local.generation, local=True)
@@ -466,6 +475,49 @@ class CircuitBreaker:
         self._store_recovered()
         return reply
 
+    def _send_report(self, args: list[Any]) -> bool:
+        """Send a report and return before its reply; False when the store is away."""
+        if time.monotonic() < self._retry_store_at:
+            return False
+        sent_at = time.monotonic()
+        try:
+            self._resolve_store().send_script(
+                scripts.REPORT,
+                self._keys,
+                args,
+                functools.partial(self._take_sent_reply, sent_at),
+            )
+        except Exception as exc:
+            self._store_failed(exc)
+            return False
+        return True
+
+    def _take_sent_reply(
+        self, sent_at: float, raw: Any, error: Exception | None
+    ) -> None:
+        """Learn the state from the reply of a report sent at ``sent_at``."""
+        if error is not None:
+            # The success it reported may not have been counted; the next
+            # call meets the store-failure policy.
+            self._store_failed(error)
+            return
+        try:
+            reply = Reply.from_script(raw)
+        except Exception as exc:
+            self._store_failed(exc)
+            return
+        self._remember(reply, seen_at=sent_at)
+        self._announce(reply)
+
+    def _collect_replies(self) -> None:
+        store = self._store
+        if store is None or self._outage:
+            return
+        try:
+            store.collect_replies()
+        except Exception as exc:
+            self._store_failed(exc)
+
     def _store_failed(self, error: Exception) -> None:
         with self._lock:
             first = not self._outage
@@ -491,13 +543,18 @@ class CircuitBreaker:
             self._local = LocalState()
         logger.info("breaker.store_recovered", extra={"service": self.name})
 
-    def _remember(self, reply: Reply) -> None:
+    def _remember(self, reply: Reply, *, seen_at: float | None = None) -> None:
+        """Keep the state of ``reply``; ``seen_at`` is when its script was sent."""
+        if seen_at is None:
+            seen_at = time.monotonic()
+        elif self._seen is not None and self._seen.seen_at > seen_at:
+            return  # an older reply read late must not replace a newer state
         self._seen = _Seen(
             reply.state,
             reply.generation,
             reply.fails,
             reply.opened_until_ms,
-            time.monotonic(),
+            seen_at,
         )
 
     # ----------------------------------------------------------- transitions
