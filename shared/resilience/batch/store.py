@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 # lease. Rows are inserted in key order so that concurrent claims of
 # overlapping batches take row locks in the same order and rarely deadlock.
 # The outer SELECT reads the table as it was before this statement, which
-# returns the stored state of every key that was not claimed. The
-# "idempotency_key = ANY(...)" conditions let the planner use the unique index
-# with a good row estimate; without them it may scan the whole table.
+# returns the stored state of every key that was not claimed. That lookup is
+# a lateral index probe that runs only for unclaimed keys, so a batch of new
+# items reads nothing back, however large the table.
 _CLAIM = """
 WITH input AS (
     SELECT *
@@ -75,9 +75,10 @@ SELECT i.idempotency_key,
        CASE WHEN c.idempotency_key IS NULL THEN s.output END AS output
 FROM input i
 LEFT JOIN claimed c ON c.idempotency_key = i.idempotency_key
-LEFT JOIN (
-    SELECT * FROM batch_item WHERE idempotency_key = ANY(%(keys)s::text[])
-) s ON s.idempotency_key = i.idempotency_key
+LEFT JOIN LATERAL (
+    SELECT * FROM batch_item x
+    WHERE x.idempotency_key = i.idempotency_key AND c.idempotency_key IS NULL
+) s ON true
 """
 
 _MARK_STARTED = """
@@ -200,7 +201,6 @@ class BatchStore:
         ]
         params = {
             "items": _json(items),
-            "keys": [r.key for r in requests],
             "lease_s": float(lease_s),
             "owner": owner,
         }
