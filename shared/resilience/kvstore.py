@@ -185,6 +185,7 @@ class _ReplyPipeline:
 
         with self._lock:
             self._read(wait=len(self._unread) >= MAX_UNREAD_REPLIES)
+            self._drop_if_closed()
             try:
                 if self._connection is None:
                     pool = self._store.client.connection_pool
@@ -240,6 +241,27 @@ class _ReplyPipeline:
                 self._unread.popleft()
                 reply = _normalize(reply)
             _deliver(entry.on_reply, reply, None)
+
+    def _drop_if_closed(self) -> None:
+        """Replace an idle connection that the server or the network closed.
+
+        With no reply due, anything readable is an end of stream or an error
+        (an idle timeout, a restart, a frozen Lambda thawed much later). The
+        pool checks its connections the same way before lending them out.
+        """
+        import redis
+
+        if self._connection is None or self._unread:
+            return
+        try:
+            closed = self._connection.can_read(timeout=0)
+        except redis.RedisError:
+            closed = True
+        if closed:
+            logger.info("kvstore.pipeline_reconnect")
+            self._connection.disconnect()
+            self._store.client.connection_pool.release(self._connection)
+            self._connection = None
 
     def _break(self, error: Exception) -> None:
         if self._connection is not None:

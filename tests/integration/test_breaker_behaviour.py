@@ -617,3 +617,37 @@ def test_pipelined_success_returns_before_its_reply(redis_url: str) -> None:
     store.close()
     assert returned_before_reply
     assert len(handled) == 2
+
+
+def test_pipeline_reconnects_after_idle_connection_closed(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import redis
+
+    from resilience.kvstore import RedisStore
+
+    name = f"pipeline-{time.time_ns()}"
+    store = RedisStore(
+        redis.Redis.from_url(redis_url, client_name=name, protocol=2),
+        prefix=f"{name}:",
+    )
+    breaker = CircuitBreaker("svc", CACHED, store=store)
+    succeed(breaker, 2)
+    breaker.snapshot()  # every reply read: the pipeline connection is idle
+    admin = redis.Redis.from_url(redis_url)
+    for client in admin.client_list():
+        if client["name"] == name:
+            admin.client_kill_filter(_id=client["id"])
+    caplog.set_level(logging.WARNING, logger="resilience")
+
+    # WHEN a success is reported on the connection the server closed
+    succeed(breaker)
+
+    snapshot_calls = window_calls(store, redis_url)
+    store.delete("breaker:svc")
+    store.close()
+    admin.close()
+    assert snapshot_calls == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
