@@ -70,7 +70,7 @@ ENV_UPSTASH_PAIRS = (
 DEFAULT_KEY_PREFIX = "ar:"
 DEFAULT_TIMEOUT_MS = 200
 
-# Replies the Redis store leaves unread before it waits for the oldest one.
+# Replies the Redis store leaves unread before it waits for all of them.
 MAX_UNREAD_REPLIES = 64
 
 # Receives the reply of a script sent with send_script, or the error that
@@ -259,15 +259,16 @@ class _ReplyPipeline:
             closed = True
         if closed:
             logger.info("kvstore.pipeline_reconnect")
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
             self._connection.disconnect()
             self._store.client.connection_pool.release(self._connection)
             self._connection = None
 
     def _break(self, error: Exception) -> None:
-        if self._connection is not None:
-            self._connection.disconnect()
-            self._store.client.connection_pool.release(self._connection)
-            self._connection = None
+        self._drop_connection()
         unread, self._unread = self._unread, deque()
         if unread:
             logger.warning(
