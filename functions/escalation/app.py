@@ -6,7 +6,8 @@ Routes (API Gateway HTTP API v2):
   "timeoutSeconds"?, "source"?, "requestedBy"?}``: 202 ``{id, status:
   "pending", approvalUrl, approvalUrls, expiresAt}``.
 - ``GET /escalations/{id}``: status and decision.
-- ``POST /escalations/{id}/cancel`` ``{"reason"?}``: cancel by the requester.
+- ``POST /escalations/{id}/cancel`` ``{"reason"?, "requestedBy"?}``: cancel
+  by the requester. Any other field gets 400.
 - ``GET``/``HEAD``/``POST /approvals/{id}?approver=…&expires=…&signature=…``:
   the approval page; only POST decides (see ``resilience.escalation.web``).
 - ``POST /slack/actions``: Slack buttons, verified by signature.
@@ -69,6 +70,7 @@ _START_FIELDS = {
     "source",
     "requestedBy",
 }
+_CANCEL_FIELDS = {"reason", "requestedBy"}
 
 
 @app.exception_handler(ForbiddenError)
@@ -101,12 +103,7 @@ def start_from_body(
     body: dict[str, Any], *, org_id: str, caller: str | None, app_url: str | None
 ) -> dict[str, Any]:
     """Validate a ``POST /escalations`` body and start the escalation."""
-    unknown = sorted(set(body) - _START_FIELDS)
-    if unknown:
-        raise ValidationError(
-            f"unknown fields {unknown}: expected {sorted(_START_FIELDS)}",
-            field=unknown[0],
-        )
+    _reject_unknown_fields(body, _START_FIELDS)
     started = get_service().start(
         data=body.get("data"),  # type: ignore[arg-type]
         reason=body.get("reason"),  # type: ignore[arg-type]
@@ -119,6 +116,16 @@ def start_from_body(
         app_url=app_url,
     )
     return started.to_json()
+
+
+def _reject_unknown_fields(body: dict[str, Any], accepted: set[str]) -> None:
+    # Without this check a misspelt optional field would be ignored silently.
+    unknown = sorted(set(body) - accepted)
+    if unknown:
+        raise ValidationError(
+            f"unknown fields {unknown}: expected {sorted(accepted)}",
+            field=unknown[0],
+        )
 
 
 @app.post("/escalations")
@@ -144,6 +151,7 @@ def get_escalation(escalation_id: str) -> Response:
 def cancel_escalation(escalation_id: str) -> Response:
     event = app.current_event.raw_event
     body = json_body(app) if app.current_event.body else {}
+    _reject_unknown_fields(body, _CANCEL_FIELDS)
     reason = body.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise ValidationError("reason must be a string", field="reason")
