@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from resilience.db import Database
 from tests.escalation_support import (
     Harness,
     LambdaContextStandIn,
@@ -113,3 +115,50 @@ def test_nan_in_request_data_is_400(harness: Harness) -> None:
 
     assert response["statusCode"] == 400
     assert "finite" in json.loads(response["body"])["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"decision": "reject", "reason": b"bad \xff\xfe"}, "reason"),
+        ({"decision": "approve", "reason": b"ok \xc3("}, "reason"),
+        ({"decision": b"approve\xff"}, "decision"),
+        ({"decision": "approve", "data": b'{"a": "\xff"}'}, "data"),
+    ],
+)
+def test_form_value_not_utf8_is_400(
+    harness: Harness, database: Database, fields: dict[str, Any], field: str
+) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.submit_form(started["approvalUrl"], fields)
+
+    assert response["statusCode"] == 400, response["body"]
+    assert f"{field} must be UTF-8 text" in response["body"]
+    assert "\ufffd" not in response["body"]
+    status = harness.status(started["id"])
+    assert status["status"] == "pending"
+    assert status["decision"] is None
+    assert outbox_rows(database) == 0
+    assert harness.stack.execution_status(started["id"], wait_s=0) == "RUNNING"
+
+
+def test_form_name_not_utf8_is_400(harness: Harness, database: Database) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.submit_form(
+        started["approvalUrl"], {"decision": "approve", b"re\xffason": "x"}
+    )
+
+    assert response["statusCode"] == 400, response["body"]
+    assert "field name &#x27;re\\xffason&#x27; is not valid UTF-8" in response["body"]
+    assert harness.status(started["id"])["status"] == "pending"
+    assert outbox_rows(database) == 0
+
+
+def outbox_rows(database: Database) -> int:
+    with database.transaction() as connection:
+        row = connection.execute("SELECT count(*) AS n FROM escalation_outbox")
+        return int(row.fetchone()["n"])

@@ -9,6 +9,7 @@ Status codes:
 - 200: shown, or the decision was delivered.
 - 202: decision recorded, not yet accepted by Step Functions (the outbox
   retries it).
+- 400: a form field name or value is not UTF-8 text.
 - 403: tampered, forged or not-allowed link, or a failed CSRF check.
 - 404: unknown escalation. 409: already decided. 410: expired.
 - 422: invalid decision body.
@@ -21,7 +22,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from resilience.api import parse_json_object, validate_json_value
 from resilience.errors import (
@@ -69,6 +70,10 @@ class ApprovalRequest:
     @property
     def secure(self) -> bool:
         return self.headers.get("x-forwarded-proto", "https") == "https"
+
+
+class _FormEncodingError(ValidationError):
+    """A form field name or value is not valid UTF-8 after percent-decoding."""
 
 
 @dataclass
@@ -155,7 +160,10 @@ def _decide(
         # The form keeps what the approver typed, so a typo costs no rework.
         typed = body.get("data")
         data_text = typed if isinstance(typed, str) and typed else None
-        return _invalid_body(service, request, record, claims, exc, data_text)
+        # Bytes that are not UTF-8 make the request malformed (400). A body
+        # that decodes but breaks a rule of the decision is 422.
+        status = 400 if isinstance(exc, _FormEncodingError) else 422
+        return _invalid_body(service, request, record, claims, exc, data_text, status)
 
     decision = Decision(
         kind=parsed.decision,  # type: ignore[arg-type]
@@ -223,9 +231,46 @@ def _result_page(request: ApprovalRequest, result: DecisionResult) -> PageRespon
 def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
     if request.wants_json:
         return parse_json_object(request.body or b"null", field="body")
-    form = parse_qs(request.body.decode("utf-8", "replace"), keep_blank_values=True)
-    fields = {key: values[-1] for key, values in form.items()}
+    fields = _decode_form(request.body)
     validate_json_value(fields, field="form")
+    return fields
+
+
+def _decode_form(body: bytes) -> dict[str, str]:
+    """Decode an ``application/x-www-form-urlencoded`` body into its fields.
+
+    Every name and value must be UTF-8 after percent-decoding, and the last
+    value of a repeated field wins.
+
+    Raises:
+        _FormEncodingError: a name or value is not valid UTF-8. The error
+            names the field, so nothing is stored with U+FFFD in its place.
+    """
+    # Latin-1 maps each byte to one character and back, so the strict UTF-8
+    # decode below gets exactly the bytes that the client percent-encoded.
+    pairs = parse_qsl(
+        body.decode("latin-1"), keep_blank_values=True, encoding="latin-1"
+    )
+    fields: dict[str, str] = {}
+    for raw_name, raw_value in pairs:
+        name_bytes = raw_name.encode("latin-1")
+        try:
+            name = name_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            escaped_name = name_bytes.decode("utf-8", "backslashreplace")
+            raise _FormEncodingError(
+                f"the form field name '{escaped_name}' is not valid UTF-8: send "
+                "field names as UTF-8 text",
+                field=escaped_name,
+            ) from None
+        try:
+            fields[name] = raw_value.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            raise _FormEncodingError(
+                f"{name} must be UTF-8 text, but the form sent bytes that are not "
+                "valid UTF-8: enter the text again and resubmit the form",
+                field=name,
+            ) from None
     return fields
 
 
@@ -260,6 +305,7 @@ def _invalid_body(
     claims: LinkClaims,
     error: ValidationError,
     data_text: str | None,
+    status: int,
 ) -> PageResponse:
     if request.wants_json:
         body = {
@@ -267,7 +313,7 @@ def _invalid_body(
             "message": str(error),
             "field": error.field,
         }
-        return PageResponse(422, json.dumps(body), "application/json")
+        return PageResponse(status, json.dumps(body), "application/json")
     cookie_value = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
     page = review_page(
         record,
@@ -277,7 +323,7 @@ def _invalid_body(
         error=str(error),
         data_text=data_text,
     )
-    response = PageResponse(422, page)
+    response = PageResponse(status, page)
     response.set_cookie = (CSRF_COOKIE, cookie_value, request.path, request.secure)
     return response
 
