@@ -47,6 +47,7 @@ __all__ = [
     "org_id_from_http_event",
     "parse_json_object",
     "serve_http_or_sqs",
+    "truncate_for_message",
     "validate_json_value",
     "validate_org_id",
 ]
@@ -63,6 +64,10 @@ ENV_CORS_ALLOW_ORIGIN = "CORS_ALLOW_ORIGIN"
 # Deeper JSON is rejected: no request of this API needs more, and Python's
 # json module fails with RecursionError at about 1,000 levels.
 MAX_JSON_DEPTH = 64
+# Field names and values longer than this are cut where an error message
+# quotes them, so that a client cannot make an error response (or the HTML
+# page that shows it) as large as its request.
+MAX_QUOTED_CHARS = 64
 
 _ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -92,6 +97,13 @@ def org_id_from_http_event(event: dict[str, Any]) -> str:
         headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
         return validate_org_id(headers.get(ORG_ID_HEADER), field="X-Org-Id header")
     return DEFAULT_ORG_ID
+
+
+def truncate_for_message(text: str) -> str:
+    """Cut ``text`` to MAX_QUOTED_CHARS characters and mark the cut with "…"."""
+    if len(text) <= MAX_QUOTED_CHARS:
+        return text
+    return text[:MAX_QUOTED_CHARS] + "…"
 
 
 def json_body(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
@@ -170,7 +182,8 @@ def validate_json_value(value: Any, *, field: str = "body") -> None:
     encode a lone surrogate (JSON allows both as ``\\u0000`` and
     ``\\ud800``), and very deep nesting exhausts Python's recursion limit
     when the value is serialised again. The check walks the value without
-    recursion and names the first offending field, such as ``items[2].id``.
+    recursion and names the first offending field, such as ``items[2].id``,
+    with each key cut by :func:`truncate_for_message`.
     """
     pending: list[tuple[Any, str, int]] = [(value, field, 1)]
     while pending:
@@ -189,7 +202,7 @@ def validate_json_value(value: Any, *, field: str = "body") -> None:
         elif isinstance(current, dict):
             for key, item in current.items():
                 _check_text(key, f"{path} key {key[:40]!r}")
-                pending.append((item, f"{path}.{key}", depth + 1))
+                pending.append((item, f"{path}.{truncate_for_message(key)}", depth + 1))
         elif isinstance(current, list):
             for index, item in enumerate(current):
                 pending.append((item, f"{path}[{index}]", depth + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,3 +163,39 @@ def outbox_rows(database: Database) -> int:
     with database.transaction() as connection:
         row = connection.execute("SELECT count(*) AS n FROM escalation_outbox")
         return int(row.fetchone()["n"])
+
+
+LONG_NAME = "x" * 100_000
+SHORT_NAME = "x" * 64 + "…"
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "expected"),
+    [
+        (
+            {"decision": "approve", LONG_NAME: "y" * 100_000},
+            422,
+            f"unknown field &#x27;{SHORT_NAME}&#x27;",
+        ),
+        ({"decision": "approve", LONG_NAME: "a\x00"}, 422, f"form.{SHORT_NAME}"),
+        ({"decision": "approve", LONG_NAME: b"\xff"}, 400, f"{SHORT_NAME} must be"),
+        ({"decision": "z" * 100_000}, 422, "got &#x27;" + "z" * 63 + "…"),
+    ],
+    ids=["unknown-name", "nul-value", "not-utf8-value", "long-decision"],
+)
+def test_form_error_page_is_bounded(
+    harness: Harness, fields: dict[str, Any], status: int, expected: str
+) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.submit_form(started["approvalUrl"], fields)
+
+    assert response["statusCode"] == status
+    alert = re.search(r'role="alert">(.*?)</p>', response["body"], re.DOTALL)
+    assert alert is not None
+    assert expected in alert.group(1)
+    assert len(alert.group(1)) < 300
+    assert "y" * 65 not in response["body"]
+    assert len(response["body"]) < 5_000
+    assert harness.status(started["id"])["status"] == "pending"

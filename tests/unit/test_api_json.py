@@ -73,3 +73,13 @@ def test_rejects_overflowing_float() -> None:
 def test_rejects_non_finite_value_object() -> None:
     with pytest.raises(ValidationError, match=r"body\.a is nan"):
         validate_json_value({"a": float("nan")})
+
+
+def test_long_key_is_cut_in_message() -> None:
+    key = "k" * 10_000
+
+    with pytest.raises(ValidationError, match="NUL") as caught:
+        parse_json_object(json.dumps({"a": {key: "\u0000"}}))
+
+    assert caught.value.field == "body.a." + "k" * 64 + "…"
+    assert len(str(caught.value)) < 200

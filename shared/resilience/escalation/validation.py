@@ -11,7 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from resilience.api import parse_json_object, validate_json_value
+from resilience.api import (
+    parse_json_object,
+    truncate_for_message,
+    validate_json_value,
+)
 from resilience.errors import ConfigError, ValidationError
 from resilience.escalation.config import ANYONE, MAX_TIMEOUT_S, EscalationConfig
 
@@ -212,18 +216,23 @@ def parse_decision(body: dict[str, Any], *, original: dict[str, Any]) -> Decisio
 
     ``data`` may be a JSON object or, from the form, its text. Unknown fields
     are rejected, so a misspelt ``decision`` never falls back to a default.
+    The error names the first unknown field, cut by
+    :func:`~resilience.api.truncate_for_message`, and never shows its value.
     """
     unknown = sorted(set(body) - _DECISION_FIELDS)
     if unknown:
+        shown_name = truncate_for_message(unknown[0])
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
         raise ValidationError(
-            f"unknown fields {unknown}: send decision (approve or reject), and "
-            "optionally data and reason",
-            field=unknown[0],
+            f"unknown field {shown_name!r}{more}: send decision (approve or "
+            "reject), and optionally data and reason",
+            field=shown_name,
         )
     decision = body.get("decision")
     if decision not in ("approve", "reject"):
         raise ValidationError(
-            f"decision must be 'approve' or 'reject', got {decision!r}",
+            "decision must be 'approve' or 'reject', got "
+            f"{truncate_for_message(repr(decision))}",
             field="decision",
         )
 

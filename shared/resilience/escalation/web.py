@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from resilience.api import parse_json_object, validate_json_value
+from resilience.api import (
+    parse_json_object,
+    truncate_for_message,
+    validate_json_value,
+)
 from resilience.errors import (
     ForbiddenError,
     GoneError,
@@ -257,7 +261,9 @@ def _decode_form(body: bytes) -> dict[str, str]:
         try:
             name = name_bytes.decode("utf-8")
         except UnicodeDecodeError:
-            escaped_name = name_bytes.decode("utf-8", "backslashreplace")
+            escaped_name = truncate_for_message(
+                name_bytes.decode("utf-8", "backslashreplace")
+            )
             raise _FormEncodingError(
                 f"the form field name '{escaped_name}' is not valid UTF-8: send "
                 "field names as UTF-8 text",
@@ -266,10 +272,11 @@ def _decode_form(body: bytes) -> dict[str, str]:
         try:
             fields[name] = raw_value.encode("latin-1").decode("utf-8")
         except UnicodeDecodeError:
+            shown_name = truncate_for_message(name)
             raise _FormEncodingError(
-                f"{name} must be UTF-8 text, but the form sent bytes that are not "
-                "valid UTF-8: enter the text again and resubmit the form",
-                field=name,
+                f"{shown_name} must be UTF-8 text, but the form sent bytes that "
+                "are not valid UTF-8: enter the text again and resubmit the form",
+                field=shown_name,
             ) from None
     return fields
 
