@@ -64,6 +64,9 @@ ENV_CORS_ALLOW_ORIGIN = "CORS_ALLOW_ORIGIN"
 # Deeper JSON is rejected: no request of this API needs more, and Python's
 # json module fails with RecursionError at about 1,000 levels.
 MAX_JSON_DEPTH = 64
+# The name of a whole request body in error messages. Its members are named
+# without this prefix (see validate_json_value).
+REQUEST_BODY_FIELD = "body"
 # Field names and values longer than this are cut where an error message
 # quotes them, so that a client cannot make an error response (or the HTML
 # page that shows it) as large as its request.
@@ -175,15 +178,20 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def validate_json_value(value: Any, *, field: str = "body") -> None:
+def validate_json_value(value: Any, *, field: str = REQUEST_BODY_FIELD) -> None:
     """Reject JSON that would fail later, deep in a store or an HTTP client.
 
     PostgreSQL text and jsonb cannot hold the NUL character, UTF-8 cannot
     encode a lone surrogate (JSON allows both as ``\\u0000`` and
     ``\\ud800``), and very deep nesting exhausts Python's recursion limit
     when the value is serialised again. The check walks the value without
-    recursion and names the first offending field, such as ``items[2].id``,
-    with each key cut by :func:`truncate_for_message`.
+    recursion and names the first offending field, with each key cut by
+    :func:`truncate_for_message`.
+
+    ``field`` names ``value`` itself. The members of a request body
+    (``field="body"``) are named as the client sent them, such as
+    ``items[2].id``, which is how the handlers' own checks name fields.
+    The members of any other field get it as a prefix, such as ``data.a``.
     """
     pending: list[tuple[Any, str, int]] = [(value, field, 1)]
     while pending:
@@ -202,7 +210,11 @@ def validate_json_value(value: Any, *, field: str = "body") -> None:
         elif isinstance(current, dict):
             for key, item in current.items():
                 _check_text(key, f"{path} key {key[:40]!r}")
-                pending.append((item, f"{path}.{truncate_for_message(key)}", depth + 1))
+                name = truncate_for_message(key)
+                if depth == 1 and field == REQUEST_BODY_FIELD:
+                    pending.append((item, name, depth + 1))
+                else:
+                    pending.append((item, f"{path}.{name}", depth + 1))
         elif isinstance(current, list):
             for index, item in enumerate(current):
                 pending.append((item, f"{path}[{index}]", depth + 1))

@@ -49,7 +49,7 @@ def test_nul_in_item_id_is_400(app_env: dict[str, str]) -> None:
     )
 
     assert response["statusCode"] == 400
-    assert json.loads(response["body"])["field"] == "body.items[0].id"
+    assert json.loads(response["body"])["field"] == "items[0].id"
 
 
 def test_postgres_down_answers_503(

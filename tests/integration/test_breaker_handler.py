@@ -220,9 +220,11 @@ def test_invalid_fields_are_400(
         ({"headers": {"": "v"}}, "headers."),
         ({"headers": {"X-A": "\u00e9"}}, "headers.X-A"),
         ({"idempotencyKey": "\u00e9"}, "idempotencyKey"),
-        # The HTTP body parser rejects NUL and lone surrogates in any field.
-        ({"idempotencyKey": "a\u0000b"}, "body.idempotencyKey"),
-        ({"path": "/\ud800"}, "body.path"),
+        # The JSON body check rejects NUL and lone surrogates in any field,
+        # and names the field as the handler's own checks above do.
+        ({"idempotencyKey": "a\u0000b"}, "idempotencyKey"),
+        ({"path": "/\ud800"}, "path"),
+        ({"headers": {"X-A": "a\u0000b"}}, "headers.X-A"),
     ],
 )
 def test_unsendable_input_leaves_breaker_closed(
@@ -397,6 +399,33 @@ def test_sqs_transient_retried_bad_input_final(
     assert paths.count("/ok") == 1
     assert paths.count("/fail") == 2
     assert "//evil.example/x" not in paths
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"service": "demo", "path": "/\\ud800"}', "path"),
+        ('{"service": "demo", "path": "//evil.example/x"}', "path"),
+    ],
+)
+def test_sqs_reply_names_field_like_http(
+    handler: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    downstream: Downstream,
+    body: str,
+    field: str,
+) -> None:
+    replies: list[dict[str, Any]] = []
+    monkeypatch.setattr(handler, "send_reply", lambda _, reply: replies.append(reply))
+    event = load_event("sqs_calls.json")
+    event["Records"] = [{**event["Records"][0], "body": body}]
+
+    result = handler.lambda_handler(event, FakeContext())
+
+    assert result["batchItemFailures"] == []
+    assert len(replies) == 1
+    assert replies[0]["field"] == field
+    assert downstream.requests == []
 
 
 def test_sqs_reply_sent_to_reply_queue(

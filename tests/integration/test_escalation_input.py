@@ -42,7 +42,7 @@ def test_nul_in_approver_is_400(harness: Harness) -> None:
     )
 
     assert response["statusCode"] == 400
-    assert json.loads(response["body"])["field"] == "body.approvers[0]"
+    assert json.loads(response["body"])["field"] == "approvers[0]"
 
 
 def test_nul_in_reject_reason_changes_nothing(harness: Harness) -> None:
@@ -177,9 +177,15 @@ SHORT_NAME = "x" * 64 + "…"
             422,
             f"unknown field &#x27;{SHORT_NAME}&#x27;",
         ),
-        ({"decision": "approve", LONG_NAME: "a\x00"}, 422, f"form.{SHORT_NAME}"),
+        ({"decision": "approve", LONG_NAME: "a\x00"}, 422, f"{SHORT_NAME} contains"),
         ({"decision": "approve", LONG_NAME: b"\xff"}, 400, f"{SHORT_NAME} must be"),
-        ({"decision": "z" * 100_000}, 422, "got &#x27;" + "z" * 63 + "…"),
+        (
+            {"decision": "z" * 100_000},
+            422,
+            "decision must be &#x27;approve&#x27; or &#x27;reject&#x27;, got &#x27;"
+            + "z" * 63
+            + "…",
+        ),
     ],
     ids=["unknown-name", "nul-value", "not-utf8-value", "long-decision"],
 )
@@ -194,7 +200,7 @@ def test_form_error_page_is_bounded(
     assert response["statusCode"] == status
     alert = re.search(r'role="alert">(.*?)</p>', response["body"], re.DOTALL)
     assert alert is not None
-    assert expected in alert.group(1)
+    assert alert.group(1).startswith(expected)
     assert len(alert.group(1)) < 300
     assert "y" * 65 not in response["body"]
     assert len(response["body"]) < 5_000

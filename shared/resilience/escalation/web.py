@@ -236,7 +236,7 @@ def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
     if request.wants_json:
         return parse_json_object(request.body or b"null", field="body")
     fields = _decode_form(request.body)
-    validate_json_value(fields, field="form")
+    validate_json_value(fields, field="body")
     return fields
 
 
