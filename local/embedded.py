@@ -18,7 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "free_port", "wait_for_port"]
+__all__ = [
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "describe_exit_status",
+    "free_port",
+    "wait_for_port",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +52,76 @@ def wait_for_port(port: int, timeout_s: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
-class EmbeddedRedis:
+def describe_exit_status(status: int) -> str:
+    """Describe a ``Popen.returncode``: ``-9`` is "killed by SIGKILL"."""
+    if status >= 0:
+        return f"exit code {status}"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    return f"killed by {name}"
+
+
+class _ServerProcess:
+    """Base of the embedded servers: their child process and its status."""
+
+    port: int
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the server process, or None before start and after stop."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def exit_status(self) -> int | None:
+        """``Popen.returncode`` of a server process that exited without stop().
+
+        None while it runs, and before start and after stop. A negative value
+        is the signal that killed it.
+        """
+        return None if self._process is None else self._process.poll()
+
+    def _wait_until_listening(self, timeout_s: float) -> None:
+        """Wait for the port, but raise at once when the process exits first.
+
+        A server that cannot start (port taken, data directory locked) exits
+        soon after it starts, and waiting the whole timeout would only delay
+        the error.
+
+        NOTE: when another process listens on the port, the connection check
+        may succeed before this server has exited on its failed bind.
+        """
+        assert self._process is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self._process.poll()
+            if status is not None:
+                raise RuntimeError(
+                    f"{type(self).__name__} on port {self.port} exited during "
+                    f"start-up ({describe_exit_status(status)})"
+                )
+            try:
+                wait_for_port(self.port, timeout_s=0.5)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+class EmbeddedRedis(_ServerProcess):
     """A redis-server child process on 127.0.0.1 that keeps nothing on disk."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._workdir = tempfile.mkdtemp(prefix="ar-redis-")
+        self._process = None
+        # Working directory of redis-server: its log, and no data.
+        self.directory = tempfile.mkdtemp(prefix="ar-redis-")
 
     def __repr__(self) -> str:
         return f"<EmbeddedRedis port={self.port} running={self.running}>"
@@ -60,10 +129,6 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> EmbeddedRedis:
         if self.running:
@@ -83,14 +148,14 @@ class EmbeddedRedis:
                 "--appendonly",
                 "no",
                 "--dir",
-                self._workdir,
+                self.directory,
                 "--logfile",
-                os.path.join(self._workdir, "redis.log"),
+                os.path.join(self.directory, "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        self._wait_until_listening(timeout_s=15)
         logger.info("embedded_redis.started", extra={"port": self.port})
         return self
 
@@ -105,10 +170,10 @@ class EmbeddedRedis:
 
     def close(self) -> None:
         self.stop()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_ServerProcess):
     """A PostgreSQL server child process on 127.0.0.1 with trust authentication."""
 
     def __init__(self, port: int | None = None, data_dir: str | None = None) -> None:
@@ -116,7 +181,7 @@ class EmbeddedPostgres:
         self._own_dir = data_dir is None
         self._root = Path(data_dir or tempfile.mkdtemp(prefix="ar-postgres-"))
         self.data_dir = self._root / "data"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
         self._user = _POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
 
     def __repr__(self) -> str:
@@ -127,8 +192,8 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def directory(self) -> str:
+        return str(self.data_dir)
 
     def _bin(self, name: str) -> str:
         from pgserver._commands import POSTGRES_BIN_PATH
@@ -184,7 +249,7 @@ class EmbeddedPostgres:
             stderr=subprocess.DEVNULL,
             user=self._user,
         )
-        wait_for_port(self.port, timeout_s=30)
+        self._wait_until_listening(timeout_s=30)
         self._wait_until_ready()
         logger.info("embedded_postgres.started", extra={"port": self.port})
         return self

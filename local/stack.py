@@ -5,7 +5,8 @@
 1. PostgreSQL and Redis, the configured ones or embedded servers;
 2. the stand-ins: demo downstream, Slack, PagerDuty, the local LLM server;
 3. a moto server with the template's queues, topic and state machine;
-4. one worker pool per function, the HTTP gateway, and the pollers.
+4. one worker pool per function, the HTTP gateway, and the pollers;
+5. a supervisor that restarts the embedded servers when they exit.
 
 It writes every URL to ``stack.json`` in its state directory, which
 ``python -m local send|fail|receive`` and the end-to-end tests read.
@@ -34,6 +35,7 @@ from local.gateway import Gateway
 from local.model import FunctionSpec, read_functions
 from local.pollers import SchedulePoller, SnsPoller, SqsPoller
 from local.standins import DemoService, PagerDutyStandIn, SlackStandIn, StandIn
+from local.supervisor import EmbeddedServer, EmbeddedSupervisor
 
 __all__ = ["LocalStack", "StackOptions", "StackStartError", "read_state"]
 
@@ -61,6 +63,8 @@ class StackOptions:
     retry_visibility_s: int | None = None
     schedule_interval_s: float | None = None
     demo_reset_timeout_s: float = 10.0
+    # How often the supervisor checks that the embedded servers still run.
+    embedded_check_interval_s: float = 1.0
 
 
 class LocalStack:
@@ -71,7 +75,10 @@ class LocalStack:
         self._stoppers: list[tuple[str, Any]] = []
         self.pools: dict[str, FunctionPool] = {}
         self.info: dict[str, Any] = {}
+        self.embedded: dict[str, EmbeddedServer] = {}
         self._stopped = threading.Event()
+        # The supervisor's thread rewrites stack.json after a restart.
+        self._state_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<LocalStack port={self.options.port} functions={len(self.pools)}>"
@@ -146,8 +153,12 @@ class LocalStack:
                 if str(arn).startswith("arn:aws:states:")
             },
             "routes": sorted(r.route_key for f in functions for r in f.routes),
+            "embedded": {
+                name: _embedded_info(server) for name, server in self.embedded.items()
+            },
         }
         self._write_state()
+        self._start_supervisor()
         return self.info
 
     def _database_url(self) -> str:
@@ -160,6 +171,7 @@ class LocalStack:
             server = EmbeddedPostgres(data_dir=str(data_dir))
             server.start()
             self._stoppers.append(("postgres", server.stop))
+            self.embedded["postgres"] = server
             url = server.url
         database = Database(DatabaseConfig(url=url))
         try:
@@ -182,6 +194,7 @@ class LocalStack:
             return None
         server = EmbeddedRedis().start()
         self._stoppers.append(("redis", server.close))
+        self.embedded["redis"] = server
         return server.url
 
     def _start_stand_ins(self) -> dict[str, StandIn]:
@@ -304,6 +317,26 @@ class LocalStack:
 
         self._stoppers.append(("pollers", stop_pollers))
 
+    def _start_supervisor(self) -> None:
+        if not self.embedded:
+            return
+        supervisor = EmbeddedSupervisor(
+            self.embedded,
+            interval_s=self.options.embedded_check_interval_s,
+            on_restart=self._record_restart,
+        ).start()
+        # Stoppers run newest first, so the supervisor stops before the
+        # servers and does not start them again during shutdown.
+        self._stoppers.append(("supervisor", supervisor.stop))
+
+    def _record_restart(self, name: str, server: EmbeddedServer) -> None:
+        # The new PID goes to stack.json, where tools and tests look it up.
+        with self._state_lock:
+            if self._stopped.is_set():
+                return
+            self.info["embedded"][name] = _embedded_info(server)
+            self._write_state()
+
     def _write_state(self) -> None:
         path = self.options.state_dir / STATE_FILE
         temporary = path.with_suffix(".tmp")
@@ -314,16 +347,21 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything that was started, newest first; safe to call twice."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        (self.options.state_dir / STATE_FILE).unlink(missing_ok=True)
+        with self._state_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+            (self.options.state_dir / STATE_FILE).unlink(missing_ok=True)
         for name, stop in reversed(self._stoppers):
             try:
                 stop()
             except Exception:
                 logger.exception("stack.stop_failed part=%s", name)
         logger.info("stack.stopped")
+
+
+def _embedded_info(server: EmbeddedServer) -> dict[str, Any]:
+    return {"pid": server.pid, "port": server.port, "url": server.url}
 
 
 class StackStartError(RuntimeError):
