@@ -608,13 +608,16 @@ def test_pipelined_success_returns_before_its_reply(redis_url: str) -> None:
     store = Watched.from_url(redis_url, prefix=f"pipelined-{time.time_ns()}:")
     breaker = CircuitBreaker("svc", CACHED, store=store)
     succeed(breaker)  # learns the state
+    breaker.snapshot()  # reads every reply still unread
+    handled_before = len(handled)
 
     succeed(breaker)
-    returned_before_reply = len(handled) == 0
+    returned_before_reply = len(handled) == handled_before
 
-    breaker.snapshot()  # reads every reply still unread
+    breaker.snapshot()
     store.delete("breaker:svc")
     store.close()
+    assert handled_before == 1
     assert returned_before_reply
     assert len(handled) == 2
 
@@ -640,6 +643,7 @@ def test_pipeline_reconnects_after_idle_connection_closed(
     for client in admin.client_list():
         if client["name"] == name:
             admin.client_kill_filter(_id=client["id"])
+    time.sleep(0.1)  # an idle spell: the close has reached this side
     caplog.set_level(logging.WARNING, logger="resilience")
 
     # WHEN a success is reported on the connection the server closed
