@@ -154,6 +154,14 @@ def parse_json_object(
         ) from None
     except UnicodeDecodeError:
         raise ValidationError(f"{field} is not valid UTF-8", field=field) from None
+    except ValueError as exc:
+        # Python refuses to convert integers longer than its digit limit
+        # (sys.get_int_max_str_digits, 4,300 by default).
+        raise ValidationError(
+            f"{field} contains an integer that is too long ({exc}): "
+            "send very long numbers as strings",
+            field=field,
+        ) from None
     if not isinstance(value, dict):
         raise ValidationError(
             f"{field} must be a JSON object, got {type(value).__name__}",

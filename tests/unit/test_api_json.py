@@ -84,3 +84,10 @@ def test_long_key_is_cut_in_message() -> None:
 
     assert caught.value.field == "a." + "k" * 64 + "…"
     assert len(str(caught.value)) < 200
+
+
+def test_rejects_integer_beyond_digit_limit() -> None:
+    raw = '{"n": ' + "9" * 5000 + "}"
+    with pytest.raises(ValidationError, match="integer that is too long") as caught:
+        parse_json_object(raw)
+    assert caught.value.field == "body"
