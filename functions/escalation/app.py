@@ -52,6 +52,7 @@ from resilience.escalation.slack import (
     slack_signing_secret,
 )
 from resilience.escalation.slack_actions import handle_slack_action
+from resilience.escalation.validation import validate_cancel
 from resilience.escalation.web import ApprovalRequest, PageResponse, handle_approval
 from resilience.messaging import org_id_from_record, send_reply
 from resilience.observability import route_library_logs
@@ -152,13 +153,11 @@ def cancel_escalation(escalation_id: str) -> Response:
     event = app.current_event.raw_event
     body = json_body(app) if app.current_event.body else {}
     _reject_unknown_fields(body, _CANCEL_FIELDS)
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise ValidationError("reason must be a string", field="reason")
+    reason, requested_by = validate_cancel(body)
     org_id = org_id_from_http_event(event)
     result = get_service().cancel(
         escalation_id,
-        actor=_caller(event) or body.get("requestedBy") or f"org:{org_id}",
+        actor=_caller(event) or requested_by or f"org:{org_id}",
         org_id=org_id,
         reason=reason,
     )

@@ -24,6 +24,7 @@ __all__ = [
     "DecisionBody",
     "StartRequest",
     "parse_decision",
+    "validate_cancel",
     "validate_start",
 ]
 
@@ -144,6 +145,15 @@ def validate_data(data: Any, *, field: str) -> dict[str, Any]:
             field=field,
         )
     return data
+
+
+def validate_cancel(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Return the reason and requester of a cancel body, both optional texts."""
+    reason = _text(body.get("reason"), field="reason", required=False)
+    requested_by = body.get("requestedBy")
+    if requested_by is not None and not isinstance(requested_by, str):
+        raise ValidationError("requestedBy must be a string", field="requestedBy")
+    return reason or None, requested_by
 
 
 def _text(value: Any, *, field: str, required: bool) -> str:
