@@ -72,14 +72,14 @@ REQUEST_BODY_FIELD = "body"
 # page that shows it) as large as its request.
 MAX_QUOTED_CHARS = 64
 
-_ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_ORG_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def validate_org_id(raw: object, *, field: str = "orgId") -> str:
     """Return a valid org id, ``default`` when absent; reject malformed ones."""
     if raw is None or raw == "":
         return DEFAULT_ORG_ID
-    if not isinstance(raw, str) or not _ORG_ID_PATTERN.match(raw):
+    if not isinstance(raw, str) or not _ORG_ID_PATTERN.fullmatch(raw):
         raise ValidationError(
             f"{field} must be 1-64 characters of letters, digits, '_', '.', ':' "
             f"or '-', got {raw!r}",

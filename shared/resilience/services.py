@@ -64,18 +64,16 @@ BLOCKED_HEADERS = frozenset(
 # Time kept back from the deadline for shaping the response after the call.
 DEADLINE_MARGIN_S = 0.25
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 # A header name is an RFC 9110 (formerly RFC 7230) token.
-_HEADER_NAME_PATTERN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A header value: visible ASCII, space and tab, no leading or trailing
 # whitespace (h11 rejects those on send).
 _HEADER_VALUE_PATTERN = re.compile(
-    r"^(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?$"
+    r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?"
 )
 # Printable ASCII of 1-255 characters, no leading or trailing space.
-_IDEMPOTENCY_KEY_PATTERN = re.compile(
-    r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$"
-)
+_IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 # A '%' in a path must start a percent-escape of two hex digits.
 _BAD_PERCENT_PATTERN = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Errors httpx and the codecs raise while building or writing a request,
@@ -193,7 +191,7 @@ class ServiceRegistry:
 
 def _parse_service(name: str, spec: Any) -> ServiceConfig:
     setting = f"{ENV_SERVICES}.{name}"
-    if not _NAME_PATTERN.match(name):
+    if not _NAME_PATTERN.fullmatch(name):
         raise ConfigError(
             f"service name {name!r} must be 1-64 letters, digits, '_', '.', ':' or '-'",
             setting=setting,
@@ -539,7 +537,7 @@ def _request_headers(
                 "headers must map header names to string values",
                 field="headers",
             )
-        if not _HEADER_NAME_PATTERN.match(key):
+        if not _HEADER_NAME_PATTERN.fullmatch(key):
             raise ValidationError(
                 f"header name {key!r} is invalid: use letters, digits and "
                 "!#$%&'*+-.^_`|~ only (no spaces, colons or empty names)",
@@ -550,7 +548,7 @@ def _request_headers(
                 f"header {key!r} cannot be set by the caller: remove it",
                 field=f"headers.{key}",
             )
-        if not _HEADER_VALUE_PATTERN.match(value):
+        if not _HEADER_VALUE_PATTERN.fullmatch(value):
             raise ValidationError(
                 f"header {key!r} has an invalid value {value!r}: use visible "
                 "ASCII, spaces and tabs only, with no line breaks, NUL or "
@@ -559,9 +557,9 @@ def _request_headers(
             )
         result[key] = value
     if idempotency_key is not None:
-        if not isinstance(idempotency_key, str) or not _IDEMPOTENCY_KEY_PATTERN.match(
-            idempotency_key
-        ):
+        if not isinstance(
+            idempotency_key, str
+        ) or not _IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
             raise ValidationError(
                 f"idempotencyKey is invalid, got {idempotency_key!r}: use 1-255 "
                 "printable ASCII characters with no leading or trailing space",

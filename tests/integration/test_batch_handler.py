@@ -161,6 +161,7 @@ def test_large_batch_is_413_with_queue_advice(handler: ModuleType) -> None:
     [
         ({"items": [{"id": "i1"}]}, "batchId"),
         ({"batchId": "a:item:b", "items": [{"id": "i1"}]}, "batchId"),
+        ({"batchId": "atk-nl\n", "items": [{"id": "i1"}]}, "batchId"),
         ({"batchId": "b1", "items": []}, "items"),
         ({"batchId": "b1", "items": "i1"}, "items"),
         ({"batchId": "b1", "items": [5]}, "items[0]"),

@@ -35,8 +35,9 @@ MAX_ITEM_ID_LENGTH = 512
 
 # A batch id may not contain ':' because the key is
 # "batch:{batch_id}:item:{item_id}": with ':' allowed, batch "a:item:b" with
-# item "c" and batch "a" with item "b:item:c" would share a key.
-_BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+# item "c" and batch "a" with item "b:item:c" would share a key. The pattern
+# is used with fullmatch, because "$" also matches before a final newline.
+_BATCH_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
 class ItemStatus(StrEnum):
@@ -110,7 +111,7 @@ FINAL_REASONS = frozenset(Reason) - RETRYABLE_REASONS
 
 def validate_batch_id(raw: object) -> str:
     """Return ``raw`` if it is a valid batch id, else raise ValidationError."""
-    if not isinstance(raw, str) or not _BATCH_ID_PATTERN.match(raw):
+    if not isinstance(raw, str) or not _BATCH_ID_PATTERN.fullmatch(raw):
         raise ValidationError(
             f"batchId must be 1-{MAX_BATCH_ID_LENGTH} characters of letters, "
             f"digits, '_', '.' or '-', got {raw!r}",

@@ -65,7 +65,7 @@ _WIN = """
     WHERE task_run_id = %(id)s AND resolved_at IS NULL AND expires_at > now()
     RETURNING task_run_id
 """
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
 def stepfunctions_client() -> Any:
@@ -262,7 +262,7 @@ class EscalationService:
 
     def get(self, escalation_id: str, *, org_id: str | None = None) -> EscalationRecord:
         """Return one escalation; another org's escalation is not found."""
-        if not _ID_PATTERN.match(escalation_id):
+        if not _ID_PATTERN.fullmatch(escalation_id):
             raise NotFoundError(f"escalation {escalation_id!r} not found")
         with self.database.transaction() as connection:
             record = fetch_record(connection, self.encryptor, escalation_id)

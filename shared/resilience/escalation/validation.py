@@ -33,7 +33,7 @@ __all__ = [
 MAX_DATA_BYTES = 200_000
 MAX_REASON_CHARS = 2000
 MAX_APPROVERS = 20
-_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DECISION_FIELDS = {"decision", "data", "reason", "csrf"}
 
 
@@ -67,7 +67,9 @@ def validate_start(
     checked_data = validate_data(data, field="data")
     checked_reason = _text(reason, field="reason", required=True)
 
-    if not isinstance(escalation_type, str) or not _TYPE_PATTERN.match(escalation_type):
+    if not isinstance(escalation_type, str) or not _TYPE_PATTERN.fullmatch(
+        escalation_type
+    ):
         raise ValidationError(
             "escalationType must be 1-64 letters, digits, '_', '.' or '-'",
             field="escalationType",
