@@ -128,8 +128,8 @@ class CountingStore:
         self.round_trips += 1
         self.inner.send_script(script, keys, args, on_reply)
 
-    def collect_replies(self) -> None:
-        self.inner.collect_replies()
+    def collect_replies(self, *, wait: bool = False) -> None:
+        self.inner.collect_replies(wait=wait)
 
     def ping(self) -> bool:
         self.round_trips += 1

@@ -122,7 +122,7 @@ class KeyValueStore(Protocol):
         on_reply: ReplyHandler,
     ) -> None: ...
 
-    def collect_replies(self) -> None: ...
+    def collect_replies(self, *, wait: bool = False) -> None: ...
 
     def ping(self) -> bool: ...
 
@@ -197,17 +197,34 @@ class _ReplyPipeline:
             self._unread.append(_UnreadReply(script, command, on_reply))
 
     def collect(self, *, wait: bool) -> None:
-        """Hand out the replies that arrived, or all of them when ``wait``."""
+        """Hand out the replies that arrived, or all of them when ``wait``.
+
+        Raises:
+            RedisUnavailableError: with ``wait``, the server did not answer
+                within the timeout. The caller's own command would wait a
+                second timeout for the same server, so it should not be sent.
+        """
+        import redis
+
         if not self._unread:
             return
         with self._lock:
-            self._read(wait=wait)
+            error = self._read(wait=wait)
+        if wait and isinstance(error, redis.TimeoutError):
+            raise RedisUnavailableError(
+                f"Redis did not answer earlier commands in time: {error}"
+            ) from error
 
     def close(self) -> None:
         with self._lock:
+            if self._unread:
+                # Replies already on their way are read, so a store closed
+                # while healthy reports nothing lost.
+                self._read(wait=True)
             self._break(RedisUnavailableError("the Redis store was closed"))
 
-    def _read(self, *, wait: bool) -> None:
+    def _read(self, *, wait: bool) -> Exception | None:
+        """Read replies in order; return the error that broke the connection."""
         import redis
 
         connection = self._connection
@@ -215,7 +232,7 @@ class _ReplyPipeline:
             entry = self._unread[0]
             try:
                 if not wait and not connection.can_read(timeout=0):
-                    return
+                    return None
                 reply = connection.read_response()
             except redis.exceptions.NoScriptError:
                 # The server lost its scripts (a restart or SCRIPT FLUSH): run
@@ -236,11 +253,12 @@ class _ReplyPipeline:
                 # A lost connection loses the replies still unread; whether
                 # those scripts ran is unknown, so each sender hears the error.
                 self._break(exc)
-                return
+                return exc
             else:
                 self._unread.popleft()
                 reply = _normalize(reply)
             _deliver(entry.on_reply, reply, None)
+        return None
 
     def _drop_if_closed(self) -> None:
         """Replace an idle connection that the server or the network closed.
@@ -403,9 +421,15 @@ class RedisStore:
         command = ["EVALSHA", script.sha1, len(full_keys), *full_keys, *args]
         self._pipeline.send(script, command, on_reply)
 
-    def collect_replies(self) -> None:
-        """Hand the replies that have arrived to their handlers."""
-        self._pipeline.collect(wait=False)
+    def collect_replies(self, *, wait: bool = False) -> None:
+        """Hand the replies that have arrived to their handlers.
+
+        With ``wait``, read every reply still due first, so that other
+        clients see what was sent. Raises
+        :class:`~resilience.errors.RedisUnavailableError` when Redis does not
+        answer within the timeout.
+        """
+        self._pipeline.collect(wait=wait)
 
     def ping(self) -> bool:
         return bool(self._call("PING"))
@@ -513,7 +537,7 @@ class UpstashStore:
         """
         on_reply(self.run_script(script, keys, args), None)
 
-    def collect_replies(self) -> None:
+    def collect_replies(self, *, wait: bool = False) -> None:
         """Nothing to collect: every request has had its response."""
 
     def ping(self) -> bool:

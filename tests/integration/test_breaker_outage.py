@@ -90,6 +90,8 @@ def test_redis_stopped_mid_run(
     assert len(outage_warnings(caplog)) == 1
 
 
+COUNT = Script("return redis.call('INCR', KEYS[1])", name="count")
+
 # Busy for longer than the store's timeout, so its reply comes too late.
 SLOW = Script(
     "local start = redis.call('TIME') "
@@ -151,6 +153,37 @@ def test_lost_success_reply_turns_into_policy(
     assert len(lost) == 1
     assert breaker.last_seen_state == "closed"  # the in-memory breaker decides
     store.close()
+
+
+@pytest.mark.timeout(60)
+def test_stalled_redis_costs_one_timeout(redis_server: EmbeddedRedis) -> None:
+    store = slow_store(redis_server)
+    store.send_script(SLOW, [], [], lambda _reply, _error: None)
+
+    # WHEN a command must wait for a reply that does not come in time, it
+    # fails with that wait instead of sending itself and waiting again
+    with pytest.raises(RedisUnavailableError, match="did not answer earlier"):
+        store.get("k")
+    time.sleep(0.5)
+    store.close()
+
+
+def test_close_reads_replies_on_their_way(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=f"close-{time.time_ns()}:")
+    replies: list[object] = []
+    caplog.set_level(logging.WARNING, logger="resilience")
+    for _ in range(3):
+        store.send_script(COUNT, ["counter"], [], lambda r, _e: replies.append(r))
+
+    store.close()
+
+    assert replies == [1, 2, 3]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    cleanup = RedisStore.from_url(redis_url, prefix=store.prefix)
+    cleanup.delete("counter")
+    cleanup.close()
 
 
 def test_fail_closed_rejects_while_store_away() -> None:

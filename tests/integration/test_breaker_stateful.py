@@ -150,6 +150,11 @@ class BreakerMachine(RuleBasedStateMachine):
     def report(self, permit: Permit, ok: bool) -> None:
         if ok:
             permit.success()
+            # A pipelined success reaches Redis just after the call returns,
+            # so another client may act first. The model is sequential: the
+            # step ends once the success's reply has been read.
+            store = self.stores[self.breakers.index(permit.breaker)]
+            store.collect_replies(wait=True)
         else:
             permit.failure()
         self.model.report(self.now_ms, permit.generation, permit.probe_id, ok)
