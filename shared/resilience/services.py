@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +41,7 @@ from resilience.errors import (
     UpstreamTimeoutError,
     ValidationError,
 )
+from resilience.retry_after import parse_retry_after
 
 __all__ = [
     "RetryConfig",
@@ -397,7 +397,9 @@ def call_service(
                     raise
                 if breaker.config.counts_status(response.status_code):
                     failed_response = response
-                    raise _RetryableResponse(response, _retry_after(response))
+                    raise _RetryableResponse(
+                        response, parse_retry_after(response.headers)
+                    )
     except _RetryableResponse as exhausted:
         response = exhausted.response
     except BreakerOpenError:
@@ -586,17 +588,3 @@ def _decode_body(response: httpx.Response) -> Any:
         except ValueError:
             pass
     return response.text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None

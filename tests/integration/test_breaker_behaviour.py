@@ -655,3 +655,21 @@ def test_pipeline_reconnects_after_idle_connection_closed(
     admin.close()
     assert snapshot_calls == 3
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_open_until_is_cut_to_an_hour(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    from resilience.breaker.core import MAX_OPEN_UNTIL_S
+
+    breaker = make_breaker()
+
+    snapshot = breaker.open_until(clock() + 1e12)
+
+    assert snapshot.state is BreakerState.OPEN
+    assert snapshot.opened_until is not None
+    assert snapshot.opened_until.timestamp() == clock() + MAX_OPEN_UNTIL_S
+    with pytest.raises(ValueError, match="finite"):
+        breaker.open_until(float("inf"))
+    with pytest.raises(ValueError, match="finite"):
+        breaker.open_until(float("nan"))

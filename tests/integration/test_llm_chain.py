@@ -141,6 +141,28 @@ def test_rate_limit_opens_breaker_for_retry_after(
     assert len(usage_rows(database)) == 2
 
 
+@pytest.mark.parametrize("retry_after", ["inf", 1e12])
+def test_absurd_retry_after_opens_breaker_for_an_hour_at_most(
+    make_chain, database: Database, llm: LLMControl, retry_after: str | float
+) -> None:
+    # GIVEN the primary returns 429 with a Retry-After no server means
+    llm.fail("openai", "429", retryAfter=retry_after)
+    chain = make_chain()
+
+    result = chain.complete(_request())
+
+    # THEN the fallback answers, and the primary is shut out for an hour at most
+    assert result.provider == "anthropic"
+    snapshot = chain.breaker(chain.config.tiers["default"][0]).snapshot()
+    if retry_after == "inf":
+        assert snapshot.state.value == "closed"  # no usable value: not opened
+    else:
+        assert snapshot.state.value == "open"
+        assert snapshot.opened_until is not None
+        remaining = snapshot.opened_until.timestamp() - time.time()
+        assert 3500 < remaining <= 3600
+
+
 def test_hang_costs_one_attempt_timeout(
     make_chain, database: Database, llm: LLMControl
 ) -> None:

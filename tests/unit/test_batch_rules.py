@@ -369,23 +369,6 @@ def test_bad_processor_config(entry: Any, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"Retry-After": "7"}, 7.0),
-        ({"retry-after": "0.5"}, 0.5),
-        ({"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, None),
-        ({}, None),
-    ],
-)
-def test_service_retry_after_seconds(
-    headers: dict[str, str], expected: float | None
-) -> None:
-    from resilience.batch.builtin import _retry_after_s
-
-    assert _retry_after_s(headers) == expected
-
-
-@pytest.mark.parametrize(
     "key",
     ["batch:b:item:é", "batch:b:item:" + "x" * 300, "batch:b:item:a\tb"],
 )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import email.utils
 import importlib
 import pkgutil
-import time
 from typing import Any
 
 import anthropic
@@ -30,7 +28,6 @@ from resilience.llm.classify import (
     RequestNotSentError,
     error_class_of,
     resolve_translator,
-    retry_after_seconds,
     translate_anthropic,
     translate_openai,
 )
@@ -244,17 +241,6 @@ def test_parse_errors_are_transient() -> None:
 
     assert isinstance(error, UpstreamServerError)
     assert "could not be parsed" in str(error)
-
-
-def test_retry_after_formats() -> None:
-    now = time.time()
-    date = email.utils.formatdate(now + 30, usegmt=True)
-
-    assert retry_after_seconds({"retry-after": "7"}) == 7.0
-    assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
-    assert 28 < (retry_after_seconds({"retry-after": date}, now=now) or 0) <= 31
-    assert retry_after_seconds({"retry-after": "soon"}) is None
-    assert retry_after_seconds({}) is None
 
 
 def _encode_error() -> UnicodeEncodeError:

@@ -20,6 +20,7 @@ from resilience.errors import (
     UpstreamServerError,
     ValidationError,
 )
+from resilience.retry_after import parse_retry_after
 
 __all__ = ["LLMProcessor", "ServiceProcessor", "downstream_idempotency_key"]
 
@@ -54,17 +55,6 @@ def _policy(name: str, value: object) -> TakeoverPolicy:
             setting="BATCH_PROCESSORS",
         )
     return "escalate" if value == "escalate" else "retry"
-
-
-def _retry_after_s(headers: dict[str, str]) -> float | None:
-    """Return a ``Retry-After`` given in seconds; an HTTP date counts as absent."""
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
 
 
 class ServiceProcessor:
@@ -131,7 +121,7 @@ class ServiceProcessor:
             raise RateLimitedError(
                 f"{service} returned HTTP 429",
                 service=service,
-                retry_after=_retry_after_s(response.headers),
+                retry_after=parse_retry_after(response.headers),
             )
         if response.status >= 500:
             raise UpstreamServerError(

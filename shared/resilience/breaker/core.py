@@ -20,6 +20,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import math
 import threading
 import time
 import uuid
@@ -34,6 +35,7 @@ from resilience.breaker.local import LocalState, Reply
 from resilience.errors import BreakerOpenError, RedisUnavailableError
 from resilience.kvstore import KeyValueStore, Script, store_from_env
 from resilience.observability import emit_metric
+from resilience.retry_after import MAX_RETRY_AFTER_S
 
 __all__ = [
     "BreakerSnapshot",
@@ -46,6 +48,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The longest opening open_until sets, the same bound as a parsed Retry-After.
+MAX_OPEN_UNTIL_S = int(MAX_RETRY_AFTER_S)
 
 # Transition reasons by (previous state, new state).
 _REASONS = {
@@ -399,9 +404,20 @@ class CircuitBreaker:
     # ----------------------------------------------------------- commands
 
     def open_until(self, epoch_seconds: float) -> BreakerSnapshot:
-        """Open the breaker until ``epoch_seconds``, never shortening an opening."""
+        """Open the breaker until ``epoch_seconds``, never shortening an opening.
+
+        The opening ends at most ``MAX_OPEN_UNTIL_S`` from now, so a wrong
+        time (a server's Retry-After of years) cannot shut a service out
+        until someone resets the breaker.
+
+        Raises:
+            ValueError: ``epoch_seconds`` is not a finite number.
+        """
+        if not math.isfinite(epoch_seconds):
+            raise ValueError(f"epoch_seconds must be finite, got {epoch_seconds!r}")
         now_ms = self._now_ms()
-        target_ms = int(epoch_seconds * 1000)
+        latest_ms = now_ms + MAX_OPEN_UNTIL_S * 1000
+        target_ms = min(int(epoch_seconds * 1000), latest_ms)
         reply = self._run(scripts.OPEN_UNTIL, [now_ms, target_ms])
         if reply is None:
             reply = self._local.open_until(now_ms, target_ms)

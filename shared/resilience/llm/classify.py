@@ -30,10 +30,8 @@ error type stands in for it, so ``overloaded_error`` is a 529.
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +47,7 @@ from resilience.errors import (
     UpstreamServerError,
     UpstreamTimeoutError,
 )
+from resilience.retry_after import parse_retry_after
 
 __all__ = [
     "ANTHROPIC_TRANSLATORS",
@@ -154,30 +153,6 @@ def _status_of(error: BaseException) -> int | None:
     return _TYPE_STATUS.get(kind)
 
 
-def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
-    """Read ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - (now or time.time()))
-
-
 # ---------------------------------------------------------------- translators
 
 
@@ -233,7 +208,7 @@ def _by_status(error: BaseException, service: str) -> ResilienceError:
         if code in _QUOTA_CODES:
             return _config(error, service)
         response = getattr(error, "response", None)
-        retry_after = retry_after_seconds(getattr(response, "headers", None))
+        retry_after = parse_retry_after(getattr(response, "headers", None))
         return RateLimitedError(
             f"{service} is rate limiting requests",
             service=service,
