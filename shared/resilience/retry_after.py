@@ -1,4 +1,4 @@
-"""Read the wait a server asks for: ``retry-after-ms`` or ``Retry-After``.
+"""Read the wait a server requests: ``retry-after-ms`` or ``Retry-After``.
 
 One parser serves the LLM providers, the registered services and the batch
 processors, so a bad header means the same thing everywhere.
