@@ -37,6 +37,7 @@ from resilience.api import (
     json_response,
     org_id_from_http_event,
     parse_json_object,
+    reject_unknown_fields,
     serve_http_or_sqs,
 )
 from resilience.errors import (
@@ -104,7 +105,7 @@ def start_from_body(
     body: dict[str, Any], *, org_id: str, caller: str | None, app_url: str | None
 ) -> dict[str, Any]:
     """Validate a ``POST /escalations`` body and start the escalation."""
-    _reject_unknown_fields(body, _START_FIELDS)
+    reject_unknown_fields(body, _START_FIELDS)
     started = get_service().start(
         data=body.get("data"),  # type: ignore[arg-type]
         reason=body.get("reason"),  # type: ignore[arg-type]
@@ -117,16 +118,6 @@ def start_from_body(
         app_url=app_url,
     )
     return started.to_json()
-
-
-def _reject_unknown_fields(body: dict[str, Any], accepted: set[str]) -> None:
-    # Without this check a misspelt optional field would be ignored silently.
-    unknown = sorted(set(body) - accepted)
-    if unknown:
-        raise ValidationError(
-            f"unknown fields {unknown}: expected {sorted(accepted)}",
-            field=unknown[0],
-        )
 
 
 @app.post("/escalations")
@@ -152,7 +143,7 @@ def get_escalation(escalation_id: str) -> Response:
 def cancel_escalation(escalation_id: str) -> Response:
     event = app.current_event.raw_event
     body = json_body(app) if app.current_event.body else {}
-    _reject_unknown_fields(body, _CANCEL_FIELDS)
+    reject_unknown_fields(body, _CANCEL_FIELDS)
     reason, requested_by = validate_cancel(body)
     org_id = org_id_from_http_event(event)
     result = get_service().cancel(

@@ -7,7 +7,8 @@ Routes (API Gateway HTTP API):
   100) while the request waits and returns ``{ok, batchId, total, okCount,
   failedCount, notStartedCount, inProgressCount, results}``. Larger batches
   get 413 and belong on the ``batch-items`` queue. 409 when an item id was
-  used before with other data; 400 for malformed input.
+  used before with other data; 400 for malformed input, including fields
+  other than these.
 - ``GET /batches/{batchId}``: the same summary from PostgreSQL; 404 unknown.
 
 SQS (``batch-items`` and ``batch-items.fifo``): each message is
@@ -29,9 +30,10 @@ from resilience.api import (
     json_body,
     json_response,
     org_id_from_http_event,
+    reject_unknown_fields,
 )
 from resilience.batch import BatchItem, BatchRunner, BatchSettings
-from resilience.batch.models import Reason, validate_batch_id
+from resilience.batch.models import ITEM_FIELDS, Reason, validate_batch_id
 from resilience.batch.sqs import process_sqs_event
 from resilience.batch.summary import run_summary, stored_summary
 from resilience.db import get_database
@@ -43,6 +45,7 @@ route_library_logs(logger)
 app = build_resolver()
 
 QUEUE_EXAMPLE = {"batchId": "<batchId>", "item": {"id": "<id>", "data": {}}}
+REQUEST_FIELDS = ("batchId", "items")
 
 
 def parse_items(
@@ -76,6 +79,7 @@ def parse_items(
                 f"got {type(item).__name__}",
                 field=f"items[{index}]",
             )
+        reject_unknown_fields(item, ITEM_FIELDS, prefix=f"items[{index}].")
         processor = item.get("processor")
         if processor is not None and not isinstance(processor, str):
             raise ValidationError(
@@ -106,6 +110,7 @@ def parse_items(
 @app.post("/batches")
 def create_batch() -> Response:
     body = json_body(app)
+    reject_unknown_fields(body, REQUEST_FIELDS)
     batch_id = validate_batch_id(body.get("batchId"))
     org_id = org_id_from_http_event(app.current_event.raw_event)
     settings = BatchSettings.from_env()

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from aws_lambda_powertools.event_handler import (
@@ -46,6 +46,7 @@ __all__ = [
     "json_response",
     "org_id_from_http_event",
     "parse_json_object",
+    "reject_unknown_fields",
     "serve_http_or_sqs",
     "truncate_for_message",
     "validate_json_value",
@@ -107,6 +108,28 @@ def truncate_for_message(text: str) -> str:
     if len(text) <= MAX_QUOTED_CHARS:
         return text
     return text[:MAX_QUOTED_CHARS] + "…"
+
+
+def reject_unknown_fields(
+    body: Mapping[str, Any], accepted: Collection[str], *, prefix: str = ""
+) -> None:
+    """Raise ValidationError when ``body`` has a field that is not in ``accepted``.
+
+    Without this check a misspelt optional field would be ignored silently.
+    The error names the first unknown field in sorted order, cut by
+    :func:`truncate_for_message` and preceded by ``prefix`` (such as
+    ``items[0].``), and lists the accepted fields.
+    """
+    unknown = sorted(name for name in body if name not in accepted)
+    if not unknown:
+        return
+    name = prefix + truncate_for_message(unknown[0])
+    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+    raise ValidationError(
+        f"unknown field {name!r}{more}: remove it or correct its name. "
+        f"The accepted fields are {', '.join(sorted(accepted))}",
+        field=name,
+    )
 
 
 def json_body(resolver: APIGatewayHttpResolver) -> dict[str, Any]:

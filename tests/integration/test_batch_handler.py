@@ -170,6 +170,11 @@ def test_large_batch_is_413_with_queue_advice(handler: ModuleType) -> None:
             "items[0].processor",
         ),
         ({"batchId": "b1", "items": [{"id": "i1"}, {"id": "i1"}]}, "items[1].id"),
+        (
+            {"batchId": "b1", "items": [{"id": "i1"}, {"id": "i2", "dat": {}}]},
+            "items[1].dat",
+        ),
+        ({"batchId": "b1", "items": [{"id": "i1"}], "item": {}}, "item"),
     ],
 )
 def test_bad_input_is_400_naming_field(
@@ -179,6 +184,63 @@ def test_bad_input_is_400_naming_field(
 
     assert response["statusCode"] == 400
     assert body_of(response)["field"] == field
+
+
+def item_ids(database: Database, batch_id: str) -> list[str]:
+    with database.transaction() as conn:
+        rows = conn.execute(
+            "SELECT item_id FROM batch_item WHERE batch_id = %s ORDER BY item_id",
+            (batch_id,),
+        ).fetchall()
+    return [r["item_id"] for r in rows]
+
+
+def test_misspelt_item_field_claims_nothing(
+    handler: ModuleType, database: Database
+) -> None:
+    """A misspelt processor is 400, so the corrected request still runs."""
+    item = {"id": "x", "data": {"prompt": "Summarise A"}}
+    typo = {"batchId": "atk-typo", "items": [{**item, "procesor": "llm"}]}
+
+    response = call(handler, http_event("POST", "/batches", typo))
+
+    assert response["statusCode"] == 400
+    error = body_of(response)
+    assert error["field"] == "items[0].procesor"
+    assert "The accepted fields are data, id, processor" in error["message"]
+    assert item_ids(database, "atk-typo") == []
+
+    fixed = {"batchId": "atk-typo", "items": [{**item, "processor": "echo"}]}
+    response = call(handler, http_event("POST", "/batches", fixed))
+
+    assert response["statusCode"] == 200
+    assert body_of(response)["okCount"] == 1
+
+
+def test_sqs_misspelt_field_is_final(
+    handler: ModuleType, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages with unknown fields fail alone, are logged and claim nothing."""
+    event = sqs_event(
+        sqs_record(
+            "m1", {"batchId": "b13", "item": {"id": "x", "procesor": "llm", "data": {}}}
+        ),
+        sqs_record("m2", {"batchId": "b13", "item": {"id": "y", "data": {}}}),
+        sqs_record(
+            "m3", {"batchId": "b13", "item": {"id": "z", "data": {}}, "replyTo": "q"}
+        ),
+    )
+
+    response = call(handler, event)
+
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m3"}]
+    }
+    assert item_ids(database, "b13") == ["y"]
+    invalid = [r for r in caplog.records if r.getMessage() == "batch.message_invalid"]
+    assert [getattr(r, "message_id", None) for r in invalid] == ["m1", "m3"]
+    assert "item.procesor" in getattr(invalid[0], "error", "")
+    assert "replyTo" in getattr(invalid[1], "error", "")
 
 
 def test_missing_ids_over_http(handler: ModuleType) -> None:

@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from resilience.api import MAX_JSON_DEPTH, parse_json_object, validate_json_value
+from resilience.api import (
+    MAX_JSON_DEPTH,
+    parse_json_object,
+    reject_unknown_fields,
+    validate_json_value,
+)
 from resilience.errors import ValidationError
 
 
@@ -91,3 +96,32 @@ def test_rejects_integer_beyond_digit_limit() -> None:
     with pytest.raises(ValidationError, match="integer that is too long") as caught:
         parse_json_object(raw)
     assert caught.value.field == "body"
+
+
+ITEM_FIELDS = {"id", "data", "processor"}
+
+
+def test_unknown_field_named_with_prefix() -> None:
+    item = {"id": "x", "procesor": "llm", "data": {}}
+
+    with pytest.raises(ValidationError, match="unknown field") as caught:
+        reject_unknown_fields(item, ITEM_FIELDS, prefix="items[0].")
+
+    assert caught.value.field == "items[0].procesor"
+    assert "The accepted fields are data, id, processor" in str(caught.value)
+
+
+def test_long_unknown_field_is_cut() -> None:
+    body = {"k" * 10_000: 1, "z": 2, "id": "x"}
+
+    with pytest.raises(ValidationError) as caught:
+        reject_unknown_fields(body, ITEM_FIELDS)
+
+    assert caught.value.field == "k" * 64 + "…"
+    assert "and 1 more" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+def test_known_fields_pass() -> None:
+    reject_unknown_fields({"id": "x", "data": {}}, ITEM_FIELDS)
+    reject_unknown_fields({}, ITEM_FIELDS)

@@ -124,6 +124,8 @@ def test_validator_names_each_malformed_shape(response: object, problem: str) ->
         ('{"batchId": "b:1", "item": {"id": "x"}}', "batchId must be"),
         ('{"batchId": "b1"}', 'needs "item"'),
         ('{"batchId": "b1", "item": {"id": "x", "processor": 5}}', "processor"),
+        ('{"batchId": "b1", "item": {"id": "x", "procesor": "llm"}}', "item.procesor"),
+        ('{"batchId": "b1", "item": {"id": "x"}, "itme": {}}', "'itme'"),
     ],
 )
 def test_unreadable_record_is_final_failure(raw_body: str, expected: str) -> None:

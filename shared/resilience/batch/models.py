@@ -19,6 +19,7 @@ from resilience.errors import ValidationError
 
 __all__ = [
     "FINAL_REASONS",
+    "ITEM_FIELDS",
     "RETRYABLE_REASONS",
     "BatchItem",
     "ItemResult",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 MAX_BATCH_ID_LENGTH = 128
+# The fields of an item in POST /batches and in a batch-items message. Any
+# other field is rejected: the payload hash covers the processor, so a
+# misspelt "processor" would run the default one and block the key.
+ITEM_FIELDS = frozenset({"id", "data", "processor"})
 MAX_ITEM_ID_LENGTH = 512
 
 # A batch id may not contain ':' because the key is

@@ -1,16 +1,18 @@
 """SQS: one item per message, and partial batch responses for Lambda.
 
 A ``batch-items`` message body is ``{"batchId": "...", "item": {"id": "...",
-"data": {...}, "processor": "..."}}`` (``processor`` optional). The handler
-returns ``{"batchItemFailures": [{"itemIdentifier": "<messageId>"}]}`` naming
-only the messages to deliver again, so SQS deletes the rest. Lambda treats an
-identifier that is empty or not in the event as a failure of the whole batch,
-so :func:`build_partial_response` never emits one.
+"data": {...}, "processor": "..."}}`` (``processor`` optional). Any other
+field makes the message invalid. The handler returns ``{"batchItemFailures":
+[{"itemIdentifier": "<messageId>"}]}`` naming only the messages to deliver
+again, so SQS deletes the rest. Lambda treats an identifier that is empty or
+not in the event as a failure of the whole batch, so
+:func:`build_partial_response` never emits one.
 
-Final failures (missing item id, payload conflict, 4xx) are reported too:
-their messages return and, after the queue's ``maxReceiveCount``, end in the
-dead-letter queue, where an operator can inspect them. A later delivery of a
-failed item answers from the stored row without running it again.
+Final failures (invalid message, missing item id, payload conflict, 4xx) are
+reported too: their messages return and, after the queue's
+``maxReceiveCount``, end in the dead-letter queue, where an operator can
+inspect them. A later delivery of a failed item returns the stored result
+without running it again.
 
 FIFO queues (records with ``MessageGroupId``): after a failure the rest of that
 message group is handed back unstarted, while other groups go on. Items run
@@ -31,8 +33,9 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from resilience.api import parse_json_object
+from resilience.api import parse_json_object, reject_unknown_fields
 from resilience.batch.models import (
+    ITEM_FIELDS,
     BatchItem,
     ItemResult,
     ItemStatus,
@@ -57,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 FAILURES_KEY = "batchItemFailures"
 IDENTIFIER_KEY = "itemIdentifier"
+MESSAGE_FIELDS = ("batchId", "item")
 
 
 class ItemHandedBackError(Exception):
@@ -78,6 +82,7 @@ def parse_record(record: Mapping[str, Any]) -> BatchItem | ItemResult:
     try:
         org_id = org_id_from_record(dict(record))
         body = parse_json_object(record.get("body"), field="body")
+        reject_unknown_fields(body, MESSAGE_FIELDS)
         batch_id = validate_batch_id(body.get("batchId"))
         item = body.get("item")
         if not isinstance(item, dict):
@@ -85,6 +90,7 @@ def parse_record(record: Mapping[str, Any]) -> BatchItem | ItemResult:
                 'message body needs "item": {"id": "...", "data": {...}}',
                 field="item",
             )
+        reject_unknown_fields(item, ITEM_FIELDS, prefix="item.")
         processor = item.get("processor")
         if processor is not None and not isinstance(processor, str):
             raise ValidationError("item.processor must be a string", field="processor")
