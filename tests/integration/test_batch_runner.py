@@ -439,3 +439,75 @@ def test_repeated_id_in_one_run(database: Database) -> None:
     assert run.results[3].cached is True
     assert run.results[3].output == run.results[2].output
     assert processor.calls == {"i1": 1, "i2": 1}
+
+
+@pytest.mark.parametrize(
+    ("item_id", "data", "field"),
+    [
+        ("nul-data", {"note": "a\x00b"}, "data.note"),
+        ("nul-key", {"a\x00": 1}, "data key 'a\\x00'"),
+        ("surrogate-data", {"note": "\ud800"}, "data.note"),
+        ("n\x00id", {"n": 1}, "id contains the NUL character"),
+        ("s\ud800", {"n": 1}, "id contains a lone UTF-16 surrogate"),
+    ],
+)
+def test_unstorable_text_fails_item_alone(
+    database: Database, item_id: str, data: Any, field: str
+) -> None:
+    """PostgreSQL cannot store NUL and UTF-8 cannot encode a lone surrogate."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    run = runner.run(
+        [
+            BatchItem("b20", "ok", {"n": 0}, "recording"),
+            BatchItem("b20", item_id, data, "recording"),
+        ]
+    )
+
+    ok, bad = run.results
+    assert ok.status is ItemStatus.COMPLETED
+    assert bad.status is ItemStatus.FAILED
+    assert bad.reason == "invalid_item"
+    assert bad.retryable is False
+    assert field in (bad.error or "")
+    assert processor.calls == {"ok": 1}
+
+
+def test_escaped_nul_text_is_stored(database: Database) -> None:
+    """A backslash followed by "u0000" is ordinary text, not a NUL."""
+    runner = make_runner(database, Recording())
+
+    run = runner.run([BatchItem("b21", "i1", {"note": "\\u0000"}, "recording")])
+
+    assert run.results[0].status is ItemStatus.COMPLETED
+    assert row(database, "batch:b21:item:i1")["data"] == {"note": "\\u0000"}
+
+
+def test_invalid_batch_and_org_ids_fail_alone(database: Database) -> None:
+    """Batch "a:item:b" with item "c" would share a key with "a" and "b:item:c"."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    run = runner.run(
+        [
+            BatchItem("a", "b:item:c", {"n": 0}, "recording"),
+            BatchItem("a:item:b", "c", {"n": 1}, "recording"),
+            BatchItem("b\x00", "i1", {"n": 2}, "recording"),
+            BatchItem("b22", "i2", {"n": 3}, "recording", org_id="o\x00"),
+            BatchItem("a:item:b", "d", {"n": 4}, "recording"),
+        ]
+    )
+
+    reasons = [r.reason for r in run.results]
+    assert reasons == [None] + ["invalid_item"] * 4
+    assert "batchId must be" in (run.results[1].error or "")
+    assert "orgId must be" in (run.results[3].error or "")
+    assert processor.calls == {"b:item:c": 1}
+    with database.transaction() as conn:
+        keys = conn.execute("SELECT idempotency_key FROM batch_item").fetchall()
+        audited = conn.execute(
+            "SELECT task_id FROM audit_log WHERE pattern = 'batch'"
+        ).fetchall()
+    assert [k["idempotency_key"] for k in keys] == ["batch:a:item:b:item:c"]
+    assert [a["task_id"] for a in audited] == ["a"]

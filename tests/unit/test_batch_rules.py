@@ -21,7 +21,12 @@ from resilience.batch import (
 )
 from resilience.batch.builtin import downstream_idempotency_key
 from resilience.batch.execution import run_item
-from resilience.batch.models import FINAL_REASONS, RETRYABLE_REASONS, validate_item_id
+from resilience.batch.models import (
+    FINAL_REASONS,
+    RETRYABLE_REASONS,
+    validate_batch_id,
+    validate_item_id,
+)
 from resilience.batch.processors import ProcessorRegistry
 from resilience.errors import (
     AuthError,
@@ -139,6 +144,22 @@ def test_missing_or_bad_item_id_rejected(raw: object) -> None:
     assert validate_item_id(raw) is None
 
 
+@pytest.mark.parametrize("raw", ["a\x00b", "\ud800", "ok\udfff"])
+def test_unstorable_item_id_raises(raw: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_item_id(raw)
+
+    assert caught.value.field == "id"
+
+
+def test_long_batch_id_cut_in_message() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_batch_id("b:" + "x" * 100_000)
+
+    assert caught.value.field == "batchId"
+    assert len(str(caught.value)) < 300
+
+
 def test_key_format() -> None:
     assert idempotency_key("b1", "i1") == "batch:b1:item:i1"
 
@@ -156,6 +177,29 @@ def test_hash_depends_on_data_org_and_processor() -> None:
 def test_hash_rejects_non_json(data: Any) -> None:
     with pytest.raises(ValidationError, match="item data must be JSON"):
         payload_hash(data, processor="echo", org_id="o1")
+
+
+@pytest.mark.parametrize(
+    ("data", "org_id", "field"),
+    [
+        ({"note": "a\x00"}, "o1", "data.note"),
+        ({"list": ["ok", "\\\x00"]}, "o1", "data.list[1]"),
+        ({1: "\x00"}, "o1", "data.1"),
+        (("\ud800",), "o1", "data[0]"),
+        ({}, "o\x00", "orgId"),
+        ({}, "o\udfff", "orgId"),
+    ],
+)
+def test_hash_rejects_unstorable_text(data: Any, org_id: str, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        payload_hash(data, processor="echo", org_id=org_id)
+
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("text", ["\\u0000", "\\u0000\\u0000", "a\\\\u0000"])
+def test_hash_accepts_escaped_nul_text(text: str) -> None:
+    assert len(payload_hash({"note": text}, processor="echo", org_id="o1")) == 64
 
 
 # ------------------------------------------------------------ reasons

@@ -13,8 +13,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
+from resilience.api import truncate_for_message, validate_json_value
 from resilience.errors import ValidationError
 
 __all__ = [
@@ -119,7 +120,7 @@ def validate_batch_id(raw: object) -> str:
     if not isinstance(raw, str) or not _BATCH_ID_PATTERN.fullmatch(raw):
         raise ValidationError(
             f"batchId must be 1-{MAX_BATCH_ID_LENGTH} characters of letters, "
-            f"digits, '_', '.' or '-', got {raw!r}",
+            f"digits, '_', '.' or '-', got {truncate_for_message(repr(raw))}",
             field="batchId",
         )
     return raw
@@ -130,11 +131,16 @@ def validate_item_id(raw: object) -> str | None:
 
     None means the item is rejected on its own with reason ``missing item id``.
     Such an item never gets a key, so it can never share one with another item.
+
+    Raises:
+        ValidationError: the id contains a NUL character, which PostgreSQL
+            cannot store, or a lone surrogate, which UTF-8 cannot encode.
     """
     if not isinstance(raw, str) or not raw.strip():
         return None
     if len(raw) > MAX_ITEM_ID_LENGTH:
         return None
+    validate_json_value(raw, field="id")
     return raw
 
 
@@ -153,7 +159,9 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
     """Return the SHA-256 of the item's canonical JSON (org, processor, data).
 
     Raises:
-        ValidationError: when ``data`` cannot be written as JSON.
+        ValidationError: when ``data`` cannot be written as JSON, or contains
+            text that PostgreSQL cannot store (NUL) or UTF-8 cannot encode (a
+            lone surrogate). The error names the field, such as ``data.note``.
     """
     try:
         canonical = _CANONICAL_JSON.encode(
@@ -165,7 +173,36 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
             f"booleans, null): {exc}",
             field="data",
         ) from None
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # The encoder writes NUL as the six characters \u0000. The substring test
+    # keeps the common case cheap, and the pattern then skips a string that
+    # contains a literal backslash before "u0000" (written as \\u0000).
+    if "\\u0000" in canonical and _NUL_ESCAPE.search(canonical):
+        _raise_unstorable_text(canonical)
+    try:
+        encoded = canonical.encode()
+    except UnicodeEncodeError:
+        _raise_unstorable_text(canonical)
+    return hashlib.sha256(encoded).hexdigest()
+
+
+# A \u0000 escape preceded by an even number of backslashes, so that its own
+# backslash starts an escape.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _raise_unstorable_text(canonical: str) -> NoReturn:
+    """Raise ValidationError naming the first NUL or lone surrogate of an item.
+
+    The walk reads the canonical JSON back, so keys and arrays have the types
+    that ``validate_json_value`` expects whatever Python types the caller used.
+    """
+    item = json.loads(canonical)
+    validate_json_value(item["data"], field="data")
+    validate_json_value(item["org"], field="orgId")
+    validate_json_value(item["processor"], field="processor")
+    raise ValidationError(  # pragma: no cover (one of the checks above raises)
+        "item contains a NUL character or a lone surrogate", field="data"
+    )
 
 
 @dataclass(frozen=True)

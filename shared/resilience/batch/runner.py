@@ -2,8 +2,9 @@
 
 A run goes through these steps:
 
-1. Validate each item on its own (missing id, unknown processor, data that is
-   not JSON): a bad item fails alone, finally, and never gets a key.
+1. Validate each item on its own (invalid batch or org id, missing id,
+   unknown processor, data that is not JSON or contains text PostgreSQL
+   cannot store): a bad item fails alone, finally, and never gets a key.
 2. Claim all valid keys in one statement with a lease that follows the time
    left. Keys already completed return their stored output (``cached``);
    keys stored with another payload hash are conflicts; keys leased by a live
@@ -30,6 +31,7 @@ from typing import Any
 
 import psycopg
 
+from resilience.api import validate_org_id
 from resilience.audit import write_audit
 from resilience.batch.config import BatchSettings, compute_lease_seconds
 from resilience.batch.execution import run_item
@@ -40,6 +42,7 @@ from resilience.batch.models import (
     Reason,
     idempotency_key,
     payload_hash,
+    validate_batch_id,
     validate_item_id,
 )
 from resilience.batch.processors import ItemContext, Processor, ProcessorRegistry
@@ -196,8 +199,19 @@ class BatchRunner:
         work: list[_Work] = []
         first_by_key: dict[str, _Work] = {}
         processors: dict[str, Processor] = {}
+        # Items of one batch share their org and batch id, so each distinct
+        # pair is checked once per run.
+        org_batch_errors: dict[tuple[object, object], str | None] = {}
         for index, item in enumerate(items):
-            item_id = validate_item_id(item.item_id)
+            org_batch_error = _cached_org_batch_error(item, org_batch_errors)
+            if org_batch_error is not None:
+                results[index] = _final(item, Reason.INVALID_ITEM, org_batch_error)
+                continue
+            try:
+                item_id = validate_item_id(item.item_id)
+            except ValidationError as error:
+                results[index] = _final(item, Reason.INVALID_ITEM, str(error))
+                continue
             if item_id is None:
                 results[index] = _final(item, Reason.MISSING_ITEM_ID, _id_error(item))
                 continue
@@ -545,6 +559,10 @@ class BatchRunner:
         try:
             with self.database.transaction() as connection:
                 for (org_id, batch_id), counts in counts_by_batch.items():
+                    if _org_batch_error(org_id, batch_id) is not None:
+                        # Such items failed as invalid_item, and an audit row
+                        # could not store their ids (a NUL, for example).
+                        continue
                     write_audit(
                         connection,
                         pattern="batch",
@@ -617,6 +635,33 @@ def _is_json(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _org_batch_error(org_id: object, batch_id: object) -> str | None:
+    """Return why an item's org id or batch id is invalid, or None when both are valid.
+
+    A batch id with ':' would let two batch and item pairs share a key.
+    """
+    try:
+        validate_batch_id(batch_id)
+        validate_org_id(org_id)
+    except ValidationError as error:
+        return str(error)
+    return None
+
+
+def _cached_org_batch_error(
+    item: BatchItem, cache: dict[tuple[object, object], str | None]
+) -> str | None:
+    pair = (item.org_id, item.batch_id)
+    try:
+        return cache[pair]
+    except KeyError:
+        error = _org_batch_error(*pair)
+        cache[pair] = error
+        return error
+    except TypeError:  # an unhashable id, which is invalid anyway
+        return _org_batch_error(*pair)
 
 
 def _id_error(item: BatchItem) -> str:
