@@ -2,11 +2,12 @@
 
 Routes (API Gateway HTTP API):
 
-- ``POST /breaker/calls`` ``{"service", "path", "method", "body"?, "headers"?,
-  "idempotencyKey"?}``: 200 with the downstream status and the breaker state
-  for any HTTP response, 502 when the service cannot be reached, 504 when it
-  times out, 503 with ``retryAfterMs`` when the breaker rejects the call,
-  400 for bad input, including fields other than these six.
+- ``POST /breaker/calls`` ``{"service", "path", "method"?, "body"?,
+  "headers"?, "idempotencyKey"?}`` (``method`` defaults to GET): 200 with the
+  downstream status and the breaker state for any HTTP response, 502 when the
+  service cannot be reached, 504 when it times out, 503 with ``retryAfterMs``
+  when the breaker rejects the call, 400 for bad input, including a missing
+  ``path`` and fields other than these six.
 - ``GET /breaker/{service}``: state, failure count, opened-until.
 - ``POST /breaker/{service}/reset``: admin only (JWT scope
   ``resilience:admin``, or ``Authorization: Bearer $ADMIN_API_TOKEN`` when
@@ -40,7 +41,9 @@ from resilience.api import (
     json_body,
     json_response,
     parse_json_object,
+    reject_unknown_fields,
     serve_http_or_sqs,
+    truncate_for_message,
 )
 from resilience.breaker import BreakerSnapshot, get_breaker
 from resilience.errors import (
@@ -83,13 +86,7 @@ def parse_call(body: Any) -> dict[str, Any]:
         raise ValidationError(
             f"the call must be a JSON object, got {type(body).__name__}", field="body"
         )
-    unknown = sorted(set(body) - set(CALL_FIELDS))
-    if unknown:
-        raise ValidationError(
-            f"unknown field(s) {', '.join(unknown)}: remove them. The accepted "
-            f"fields are {', '.join(CALL_FIELDS)}",
-            field=unknown[0],
-        )
+    reject_unknown_fields(body, CALL_FIELDS)
     service = body.get("service")
     if service is None or service == "":
         raise ValidationError(
@@ -98,10 +95,16 @@ def parse_call(body: Any) -> dict[str, Any]:
     if not isinstance(service, str):
         raise ValidationError(
             f"service must be a string naming a registered service, got "
-            f"{type(service).__name__} {service!r}",
+            f"{type(service).__name__} {truncate_for_message(repr(service))}",
             field="service",
         )
-    path = body.get("path", "/")
+    path = body.get("path")
+    if path is None or path == "":
+        raise ValidationError(
+            "path is missing: send the path to call under the service's base "
+            'URL, such as "/orders/42"',
+            field="path",
+        )
     method = body.get("method", "GET")
     headers = body.get("headers") or {}
     if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
@@ -165,9 +168,7 @@ def post_call() -> Response:
 def get_state(service: str) -> Response:
     config = _registered(service)
     if config is None:
-        return error_response(
-            404, "not_found", f"service {service!r} is not registered"
-        )
+        return _not_registered(service)
     snapshot = get_breaker(service, config.breaker, critical=config.critical).snapshot()
     return json_response(200, _snapshot_body(snapshot))
 
@@ -179,13 +180,19 @@ def post_reset(service: str) -> Response:
         return denied
     config = _registered(service)
     if config is None:
-        return error_response(
-            404, "not_found", f"service {service!r} is not registered"
-        )
+        return _not_registered(service)
     breaker = get_breaker(service, config.breaker, critical=config.critical)
     snapshot = breaker.reset(actor=actor or "unknown")
     logger.info("breaker.reset_requested", extra={"service": service, "actor": actor})
     return json_response(200, _snapshot_body(snapshot))
+
+
+def _not_registered(service: str) -> Response:
+    return error_response(
+        404,
+        "not_found",
+        f"service {truncate_for_message(service)!r} is not registered",
+    )
 
 
 def _registered(service: str) -> Any:

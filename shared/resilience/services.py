@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 import stamina
 
+from resilience.api import truncate_for_message
 from resilience.breaker import BreakerConfig, Permit, get_breaker
 from resilience.errors import (
     BreakerOpenError,
@@ -171,7 +172,7 @@ class ServiceRegistry:
         if not isinstance(name, str) or name not in self.services:
             known = ", ".join(sorted(self.services)) or "none registered"
             raise ValidationError(
-                f"service {name!r} is not registered: use one of {known}",
+                f"service {_quote(name)} is not registered: use one of {known}",
                 field="service",
             )
         return self.services[name]
@@ -247,7 +248,8 @@ def validate_path(path: object) -> str:
     """
     if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
         raise ValidationError(
-            f"path must be a relative path starting with a single '/', got {path!r}",
+            "path must be a relative path starting with a single '/', "
+            f"got {_quote(path)}",
             field="path",
         )
     bare = path.split("?", 1)[0].split("#", 1)[0]
@@ -262,20 +264,20 @@ def validate_path(path: object) -> str:
     ):
         raise ValidationError(
             "path must not contain '..' or '.' segments, encoded dots or slashes, "
-            f"backslashes, control characters or a URL scheme, got {path!r}",
+            f"backslashes, control characters or a URL scheme, got {_quote(path)}",
             field="path",
         )
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError(
-            f"path must be valid Unicode text, got {path!r}: remove lone "
+            f"path must be valid Unicode text, got {_quote(path)}: remove lone "
             "surrogates or percent-encode the bytes (e.g. %C3%A9)",
             field="path",
         ) from None
     if _BAD_PERCENT_PATTERN.search(path):
         raise ValidationError(
-            f"path has a '%' not followed by two hex digits, got {path!r}: "
+            f"path has a '%' not followed by two hex digits, got {_quote(path)}: "
             "write a literal '%' as %25",
             field="path",
         )
@@ -450,7 +452,7 @@ def _attempt(
         raise _client_side_error(service, method, path, exc) from exc
     except httpx.TimeoutException as exc:
         error: Exception = UpstreamTimeoutError(
-            f"{service.name!r} timed out: no response to {method} {path} "
+            f"{service.name!r} timed out: no response to {method} {_quote(path)} "
             f"within {timeout:.2f} s",
             service=service.name,
         )
@@ -458,7 +460,8 @@ def _attempt(
         raise error from exc
     except httpx.TransportError as exc:
         error = UpstreamConnectionError(
-            f"cannot reach {service.name!r} for {method} {path}: {type(exc).__name__}",
+            f"cannot reach {service.name!r} for {method} {_quote(path)}: "
+            f"{type(exc).__name__}",
             service=service.name,
         )
         permit.failure(error)
@@ -507,9 +510,17 @@ def _client_side_error(
     )
     return ValidationError(
         f"the request to {service.name!r} cannot be sent ({type(error).__name__}: "
-        f"{error}): fix the path, headers or idempotencyKey of {method} {path!r}",
+        f"{error}): fix the path, headers or idempotencyKey of {method} "
+        f"{_quote(path)}",
         field="request",
     )
+
+
+def _quote(value: object) -> str:
+    """Quote a caller's value for an error message, cut by truncate_for_message."""
+    if isinstance(value, str):
+        return repr(truncate_for_message(value))
+    return truncate_for_message(repr(value))
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -523,7 +534,7 @@ def _validate_method(method: object) -> str:
     if upper not in ALLOWED_METHODS:
         raise ValidationError(
             f"method must be one of {', '.join(sorted(ALLOWED_METHODS))}, "
-            f"got {method!r}",
+            f"got {_quote(method)}",
             field="method",
         )
     return str(upper)
@@ -539,23 +550,25 @@ def _request_headers(
                 "headers must map header names to string values",
                 field="headers",
             )
+        # A valid header name has no length limit, so errors quote it cut.
+        header_field = f"headers.{truncate_for_message(key)}"
         if not _HEADER_NAME_PATTERN.fullmatch(key):
             raise ValidationError(
-                f"header name {key!r} is invalid: use letters, digits and "
+                f"header name {_quote(key)} is invalid: use letters, digits and "
                 "!#$%&'*+-.^_`|~ only (no spaces, colons or empty names)",
-                field=f"headers.{key}",
+                field=header_field,
             )
         if key.lower() in BLOCKED_HEADERS:
             raise ValidationError(
-                f"header {key!r} cannot be set by the caller: remove it",
-                field=f"headers.{key}",
+                f"header {_quote(key)} cannot be set by the caller: remove it",
+                field=header_field,
             )
         if not _HEADER_VALUE_PATTERN.fullmatch(value):
             raise ValidationError(
-                f"header {key!r} has an invalid value {value!r}: use visible "
-                "ASCII, spaces and tabs only, with no line breaks, NUL or "
-                "leading or trailing whitespace",
-                field=f"headers.{key}",
+                f"header {_quote(key)} has an invalid value {_quote(value)}: use "
+                "visible ASCII, spaces and tabs only, with no line breaks, NUL "
+                "or leading or trailing whitespace",
+                field=header_field,
             )
         result[key] = value
     if idempotency_key is not None:
@@ -563,7 +576,7 @@ def _request_headers(
             idempotency_key, str
         ) or not _IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
             raise ValidationError(
-                f"idempotencyKey is invalid, got {idempotency_key!r}: use 1-255 "
+                f"idempotencyKey is invalid, got {_quote(idempotency_key)}: use 1-255 "
                 "printable ASCII characters with no leading or trailing space",
                 field="idempotencyKey",
             )

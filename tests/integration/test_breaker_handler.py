@@ -207,7 +207,8 @@ def test_bad_call_is_400_naming_field(
 def test_invalid_fields_are_400(
     handler: ModuleType, changes: dict[str, Any], field: str
 ) -> None:
-    status, body = invoke(handler, call_event(**{"service": "demo", **changes}))
+    request = {"service": "demo", "path": "/x", **changes}
+    status, body = invoke(handler, call_event(**request))
     assert status == 400
     assert body["field"] == field
 
@@ -270,9 +271,70 @@ def test_unknown_call_fields_are_400(
     )
     assert status == 400
     assert body["field"] == "retries"
-    assert "unknown field(s) retries, timeout" in body["message"]
-    assert "service, path, method, body, headers, idempotencyKey" in body["message"]
+    assert "unknown field 'retries' and 1 more" in body["message"]
+    accepted = "body, headers, idempotencyKey, method, path, service"
+    assert accepted in body["message"]
     assert downstream.requests == []
+
+
+@pytest.mark.parametrize("request_body", [{}, {"path": None}, {"path": ""}])
+def test_missing_path_is_400(
+    handler: ModuleType, downstream: Downstream, request_body: dict[str, Any]
+) -> None:
+    """Without a path the call would go to the service's root."""
+    status, body = invoke(handler, call_event(service="demo", **request_body))
+
+    assert status == 400
+    assert body["field"] == "path"
+    assert body["message"].startswith("path is missing: ")
+    assert downstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"path": "/" + "x" * 100_000 + "/.."}, "path"),
+        ({"path": "x" * 100_000}, "path"),
+        ({"path": "/" + "x" * 100_000 + "%"}, "path"),
+        ({"service": "s" * 5_000}, "service"),
+        ({"service": ["s" * 5_000]}, "service"),
+        ({"method": "M" * 5_000}, "method"),
+        ({"headers": {"X-A": "v\n" * 5_000}}, "headers.X-A"),
+        ({"headers": {"X" * 5_000: "v\n"}}, "headers." + "X" * 64 + "…"),
+        ({"x" * 5_000: 1}, "x" * 64 + "…"),
+    ],
+)
+def test_long_input_cut_in_400(
+    handler: ModuleType, changes: dict[str, Any], field: str
+) -> None:
+    request = {"service": "demo", "path": "/x", **changes}
+    status, body = invoke(handler, call_event(**request))
+
+    assert status == 400
+    assert body["field"] == field
+    assert len(body["message"]) < 400
+
+
+def test_long_service_name_cut_in_404(
+    handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADMIN_API_TOKEN", "s3cret-token")
+    name = "s" * 5_000
+    get = load_event("get_state.json")
+    get["rawPath"] = get["requestContext"]["http"]["path"] = f"/breaker/{name}"
+    get["pathParameters"] = {"service": name}
+    reset = load_event("reset_no_auth.json")
+    reset["headers"]["authorization"] = "Bearer s3cret-token"
+    reset["rawPath"] = reset["requestContext"]["http"]["path"] = (
+        f"/breaker/{name}/reset"
+    )
+    reset["pathParameters"] = {"service": name}
+
+    for event in (get, reset):
+        status, body = invoke(handler, event)
+
+        assert status == 404
+        assert len(body["message"]) < 200
 
 
 @pytest.mark.timeout(60)
