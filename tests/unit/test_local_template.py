@@ -264,6 +264,26 @@ def test_function_environment_overrides(
     assert demo["baseUrl"] == "http://127.0.0.1:8"
 
 
+def test_admin_token_only_from_env_setting(
+    resolver: IntrinsicResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docs tell users to pass ADMIN_API_TOKEN with --env, not the shell."""
+    monkeypatch.setenv("ADMIN_API_TOKEN", "from-shell")
+    spec = next(
+        f
+        for f in read_functions(resolver, ROOT)
+        if f.logical_id == "CircuitBreakerFunction"
+    )
+
+    plain = function_environment(spec, _local_values())
+    configured = function_environment(
+        spec, _local_values(extra_env={"ADMIN_API_TOKEN": "local-admin-token"})
+    )
+
+    assert "ADMIN_API_TOKEN" not in plain
+    assert configured["ADMIN_API_TOKEN"] == "local-admin-token"
+
+
 def test_real_llm_keys_without_mock(
     resolver: IntrinsicResolver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
