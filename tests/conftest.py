@@ -19,7 +19,9 @@ import redis
 from psycopg import sql
 
 from local.embedded import EmbeddedPostgres, EmbeddedRedis
+from resilience.breaker import clear_breakers
 from resilience.db import Database, DatabaseConfig, apply_schema, reset_database
+from resilience.kvstore import reset_store_cache
 
 TABLES = (
     "circuit_breaker_state",
@@ -145,6 +147,15 @@ def app_env(
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    reset_database()
+    _reset_container_state()
     yield values
+    _reset_container_state()
+
+
+def _reset_container_state() -> None:
+    # The database, the store and the breakers are built once per container
+    # from the environment. A store kept from an earlier test would write
+    # under that test's key prefix, after its keys were deleted.
     reset_database()
+    clear_breakers()
+    reset_store_cache()
