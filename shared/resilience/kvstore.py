@@ -204,10 +204,10 @@ class _ReplyPipeline:
                 within the timeout. The caller's own command would wait a
                 second timeout for the same server, so it should not be sent.
         """
-        import redis
-
         if not self._unread:
             return
+        import redis
+
         with self._lock:
             error = self._read(wait=wait)
         if wait and isinstance(error, redis.TimeoutError):
