@@ -184,7 +184,11 @@ class _ReplyPipeline:
         import redis
 
         with self._lock:
-            self._read(wait=len(self._unread) >= MAX_UNREAD_REPLIES)
+            error = self._read(wait=len(self._unread) >= MAX_UNREAD_REPLIES)
+            if isinstance(error, redis.TimeoutError):
+                # The server did not answer in time; a new connection's
+                # handshake would wait for it a second time.
+                raise _unavailable(script, error) from error
             self._drop_if_closed()
             try:
                 if self._connection is None:

@@ -168,6 +168,30 @@ def test_stalled_redis_costs_one_timeout(redis_server: EmbeddedRedis) -> None:
     store.close()
 
 
+@pytest.mark.timeout(60)
+def test_full_pipeline_on_stalled_redis_costs_one_timeout(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resilience.kvstore as kvstore
+
+    monkeypatch.setattr(kvstore, "MAX_UNREAD_REPLIES", 1)
+    store = slow_store(redis_server)
+    pool = store.client.connection_pool
+    connections: list[object] = []
+    lend = pool.get_connection
+    monkeypatch.setattr(pool, "get_connection", lambda: connections.append(1) or lend())
+    store.send_script(SLOW, [], [], lambda _reply, _error: None)
+
+    # WHEN the next send must first wait for a reply that does not come
+    with pytest.raises(RedisUnavailableError, match="Timeout"):
+        store.send_script(COUNT, ["counter"], [], lambda _reply, _error: None)
+
+    # THEN it fails with that wait, without a new connection's handshake
+    assert len(connections) == 1
+    time.sleep(0.5)
+    store.close()
+
+
 def test_close_reads_replies_on_their_way(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
