@@ -530,14 +530,15 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _validate_method(method: object) -> str:
-    upper = method.upper() if isinstance(method, str) else method
-    if upper not in ALLOWED_METHODS:
+    # Only a string is looked up in the set, because a list or dict is unhashable.
+    upper = method.upper() if isinstance(method, str) else None
+    if upper is None or upper not in ALLOWED_METHODS:
         raise ValidationError(
             f"method must be one of {', '.join(sorted(ALLOWED_METHODS))}, "
             f"got {_quote(method)}",
             field="method",
         )
-    return str(upper)
+    return upper
 
 
 def _request_headers(

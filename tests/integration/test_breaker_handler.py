@@ -198,6 +198,10 @@ def test_bad_call_is_400_naming_field(
         ({"path": "/a/../admin"}, "path"),
         ({"path": "relative"}, "path"),
         ({"method": "TRACE"}, "method"),
+        ({"method": ["GET"]}, "method"),
+        ({"method": []}, "method"),
+        ({"method": {}}, "method"),
+        ({"method": 5}, "method"),
         ({"headers": {"Host": "evil.example"}}, "headers.Host"),
         ({"headers": ["x"]}, "headers"),
         ({"idempotencyKey": ""}, "idempotencyKey"),
@@ -468,6 +472,8 @@ def test_sqs_transient_retried_bad_input_final(
     [
         ('{"service": "demo", "path": "/\\ud800"}', "path"),
         ('{"service": "demo", "path": "//evil.example/x"}', "path"),
+        ('{"service": "demo", "path": "/x", "method": ["GET"]}', "method"),
+        ('{"service": "demo", "path": "/x", "method": {}}', "method"),
     ],
 )
 def test_sqs_reply_names_field_like_http(
