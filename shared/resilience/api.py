@@ -40,6 +40,7 @@ from resilience.errors import (
 
 __all__ = [
     "DEFAULT_ORG_ID",
+    "bound_message",
     "build_resolver",
     "error_response",
     "json_body",
@@ -72,6 +73,10 @@ REQUEST_BODY_FIELD = "body"
 # quotes them, so that a client cannot make an error response (or the HTML
 # page that shows it) as large as its request.
 MAX_QUOTED_CHARS = 64
+# The longest error message and field path an answer carries, whatever the
+# input quoted.
+MAX_MESSAGE_CHARS = 600
+MAX_FIELD_CHARS = 256
 
 _ORG_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -134,7 +139,15 @@ def reject_unknown_fields(
 
 def json_body(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
     """Parse the request body as a JSON object or raise a 400 ValidationError."""
-    raw = resolver.current_event.decoded_body
+    try:
+        # API Gateway sends a body that is not text base64-encoded, and
+        # Powertools decodes it back to text as UTF-8.
+        raw = resolver.current_event.decoded_body
+    except UnicodeDecodeError:
+        raise ValidationError(
+            "request body is not valid UTF-8: send a JSON object encoded as UTF-8",
+            field="body",
+        ) from None
     if not raw:
         raise ValidationError(
             "request body is empty: send a JSON object with Content-Type "
@@ -280,9 +293,26 @@ def json_response(
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    body = {"error": code, "message": message}
+    body: dict[str, Any] = {"error": code, "message": bound_message(message)}
     body.update({key: value for key, value in extra.items() if value is not None})
+    field = body.get("field")
+    if isinstance(field, str) and len(field) > MAX_FIELD_CHARS:
+        # Checks cut the names they quote; this bounds any path they build.
+        body["field"] = field[:MAX_FIELD_CHARS] + "…"
     return json_response(status, body)
+
+
+def bound_message(message: str) -> str:
+    """Cut an error message to MAX_MESSAGE_CHARS, keeping its start and end.
+
+    A message may quote the client's input, which can be megabytes. Its end
+    usually says how to fix the request, so the cut is made in the middle.
+    """
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    head = MAX_MESSAGE_CHARS * 2 // 3
+    tail = MAX_MESSAGE_CHARS - head
+    return f"{message[:head]} … {message[-tail:]}"
 
 
 def build_resolver() -> APIGatewayHttpResolver:

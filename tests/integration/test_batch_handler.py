@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import time
@@ -184,6 +185,30 @@ def test_bad_input_is_400_naming_field(
 
     assert response["statusCode"] == 400
     assert body_of(response)["field"] == field
+
+
+def test_body_not_utf8_is_400(handler: ModuleType) -> None:
+    # API Gateway base64-encodes a body whose content type is not text.
+    event = http_event("POST", "/batches", headers={"content-type": "x/bin"})
+    event["body"] = base64.b64encode(b'{"batchId": "\xff"}').decode()
+    event["isBase64Encoded"] = True
+
+    response = call(handler, event)
+
+    assert response["statusCode"] == 400
+    assert body_of(response)["field"] == "body"
+    assert "UTF-8" in body_of(response)["message"]
+
+
+def test_huge_input_is_not_echoed_whole(handler: ModuleType) -> None:
+    repeated = "i" * 100_000
+    body = {"batchId": "b1", "items": [{"id": repeated}, {"id": repeated}]}
+
+    response = call(handler, http_event("POST", "/batches", body))
+
+    assert response["statusCode"] == 400
+    assert len(response["body"]) < 2_000
+    assert body_of(response)["field"] == "items[1].id"
 
 
 def item_ids(database: Database, batch_id: str) -> list[str]:
