@@ -7,6 +7,7 @@ processors, so a bad header means the same thing everywhere.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -18,14 +19,18 @@ __all__ = ["MAX_RETRY_AFTER_S", "parse_retry_after"]
 # Retry-After: 1e12 would keep a breaker open for ever.
 MAX_RETRY_AFTER_S = 3600.0
 
+# Digits with an optional sign and fraction; RFC 9110 allows only digits,
+# and some servers send a fraction or a negative number anyway.
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
 
 def parse_retry_after(headers: Any, *, now: float | None = None) -> float | None:
     """Return the seconds to wait, or None when the headers give no usable value.
 
     ``retry-after-ms`` (sent by OpenAI and Anthropic) wins over ``Retry-After``,
     which may be seconds or an HTTP date. Names match in any case. A value
-    that is not a finite number or a date counts as absent, a negative one
-    as 0, and one above ``MAX_RETRY_AFTER_S`` is cut to it.
+    that is neither a plain decimal number nor a date counts as absent, a
+    negative one as 0, and one above ``MAX_RETRY_AFTER_S`` is cut to it.
     """
     raw_ms = _header(headers, "retry-after-ms")
     if raw_ms:
@@ -58,10 +63,10 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 def _finite(raw: str) -> float | None:
-    try:
-        value = float(raw)
-    except ValueError:
+    # float() would also take "1_000", "inf" and non-ASCII digits.
+    if not _NUMBER.fullmatch(raw):
         return None
+    value = float(raw)
     return value if math.isfinite(value) else None
 
 

@@ -38,13 +38,15 @@ def test_reads_http_date() -> None:
     assert parse_retry_after({"Retry-After": date}, now=now + 60) == 0.0
 
 
-@pytest.mark.parametrize("raw", ["inf", "Infinity", "nan", "-inf"])
-def test_non_finite_counts_as_absent(raw: str) -> None:
+@pytest.mark.parametrize(
+    "raw", ["inf", "Infinity", "nan", "-inf", "1e3", "1_000", "\u0663", "60, 90"]
+)
+def test_non_decimal_counts_as_absent(raw: str) -> None:
     assert parse_retry_after({"retry-after": raw}) is None
     assert parse_retry_after({"retry-after-ms": raw, "retry-after": "4"}) == 4.0
 
 
-@pytest.mark.parametrize("raw", ["1000000000000", "1e300"])
+@pytest.mark.parametrize("raw", ["1000000000000", "9" * 300])
 def test_huge_wait_is_cut_to_maximum(raw: str) -> None:
     assert parse_retry_after({"retry-after": raw}) == MAX_RETRY_AFTER_S
     far = email.utils.formatdate(time.time() + 10 * 365 * 86400, usegmt=True)
