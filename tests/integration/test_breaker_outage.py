@@ -133,22 +133,28 @@ def test_reply_too_late_is_reported_lost(redis_server: EmbeddedRedis) -> None:
 
 @pytest.mark.timeout(60)
 def test_lost_success_reply_turns_into_policy(
-    redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+    redis_server: EmbeddedRedis,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     store = slow_store(redis_server)
     config = replace(CONFIG, state_cache_ttl=60, store_retry_interval=60)
     breaker = CircuitBreaker("reply-lost", config, store=store)
     timed_call(breaker)
+    capsys.readouterr()
     caplog.set_level(logging.WARNING, logger="resilience")
     store.send_script(SLOW, [], [], lambda _reply, _error: None)
 
-    # GIVEN a success reported behind a reply that will not come in time
-    breaker.acquire().success()
+    # GIVEN successes reported behind a reply that will not come in time
+    for _ in range(3):
+        breaker.acquire().success()
     # WHEN failures, which wait for every earlier reply, are reported
     durations = [timed_call(breaker, ok=False) for _ in range(2)]
 
     assert max(durations) < DECISION_BOUND_S
     assert len(outage_warnings(caplog)) == 1
+    # One metric for the lost replies and one for the failure's own attempt.
+    assert capsys.readouterr().out.count('"BreakerStoreUnavailable": 1') == 2
     lost = [r for r in caplog.records if r.getMessage() == "kvstore.replies_lost"]
     assert len(lost) == 1
     assert breaker.last_seen_state == "closed"  # the in-memory breaker decides

@@ -514,8 +514,10 @@ class CircuitBreaker:
         """Learn the state from the reply of a report sent at ``sent_at``."""
         if error is not None:
             # The success it reported may not have been counted; the next
-            # call meets the store-failure policy.
-            self._store_failed(error)
+            # call meets the store-failure policy. One lost connection loses
+            # many replies, which make one failure, not one each.
+            if not self._outage:
+                self._store_failed(error)
             return
         try:
             reply = Reply.from_script(raw)
