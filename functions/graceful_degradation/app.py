@@ -129,10 +129,8 @@ def _shared_fields(body: dict[str, Any]) -> dict[str, Any]:
     _check_type(values, "cache", "cache", bool, "true or false")
     _check_type(values, "deadline_s", "deadlineS", (int, float), "a number of seconds")
     _check_type(values, "temperature", "temperature", (int, float), "a number")
-    if "deadline_s" in values:
-        values["deadline_s"] = float(values["deadline_s"])
-    if "temperature" in values:
-        values["temperature"] = float(values["temperature"])
+    # CompletionRequest.validated() converts deadlineS and temperature to
+    # float and rejects values beyond the float range.
     return values
 
 

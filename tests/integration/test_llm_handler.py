@@ -139,6 +139,13 @@ def test_post_prompts_list_keeps_order(
         ({"prompts": []}, "prompts"),
         ({"prompts": ["ok", 3]}, "prompts[1]"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        # Integers beyond the float range (1e309 and up) that JSON still parses.
+        ({"prompt": "hi", "deadlineS": 10**309}, "deadlineS"),
+        ({"prompt": "hi", "deadlineS": 10**4299}, "deadlineS"),
+        ({"prompt": "hi", "temperature": 10**309}, "temperature"),
+        ({"prompt": "hi", "temperature": -(10**4299)}, "temperature"),
+        ({"prompts": ["a", "b"], "deadlineS": 10**309}, "deadlineS"),
+        ({"prompt": "hi", "maxTokens": 10**4299}, "maxTokens"),
     ],
 )
 def test_bad_input_names_the_field(
@@ -152,6 +159,25 @@ def test_bad_input_names_the_field(
     error = json.loads(response["body"])
     assert error["error"] == "validation_error"
     assert error["field"] == field
+    assert len(error["message"]) < 400
+    assert llm.requests() == []
+
+
+def test_sqs_huge_number_rejected_once(
+    handler: ModuleType, llm: LLMControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replies: list[dict[str, Any]] = []
+    monkeypatch.setattr(handler, "send_reply", lambda _, reply: replies.append(reply))
+    event = load_event("sqs_completions.json")
+    body = '{"prompt": "hi", "deadlineS": 1' + "0" * 400 + "}"
+    event["Records"] = [{**event["Records"][0], "body": body}]
+
+    response = _invoke(handler, event, "lambda-sqs-huge")
+
+    assert response == {"batchItemFailures": []}
+    assert len(replies) == 1
+    assert replies[0]["ok"] is False
+    assert replies[0]["field"] == "deadlineS"
     assert llm.requests() == []
 
 

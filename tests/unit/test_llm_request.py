@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from resilience.errors import ValidationError
@@ -46,3 +48,38 @@ def test_encodable_prompts_are_accepted(text: str) -> None:
     request = CompletionRequest(prompt=text, run_id="run-1").validated()
 
     assert request.messages == [{"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"deadline_s": 10**309}, "deadlineS"),
+        ({"deadline_s": 10**5000}, "deadlineS"),
+        ({"deadline_s": float("nan")}, "deadlineS"),
+        ({"deadline_s": float("inf")}, "deadlineS"),
+        ({"deadline_s": "10"}, "deadlineS"),
+        ({"temperature": 10**309}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"max_tokens": 10**5000}, "maxTokens"),
+    ],
+)
+def test_out_of_range_numbers_are_rejected(changes: dict[str, Any], field: str) -> None:
+    request = CompletionRequest(prompt="hi", run_id="run-1", **changes)
+
+    with pytest.raises(ValidationError) as caught:
+        request.validated()
+
+    assert caught.value.field == field
+    assert len(str(caught.value)) < 400
+
+
+def test_integer_numbers_become_floats() -> None:
+    request = CompletionRequest(
+        prompt="hi", run_id="run-1", deadline_s=10, temperature=1
+    ).validated()
+
+    assert request.deadline_s == 10.0
+    assert isinstance(request.deadline_s, float)
+    assert request.temperature == 1.0
+    assert isinstance(request.temperature, float)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from resilience.api import validate_org_id
+from resilience.api import truncate_for_message, validate_org_id
 from resilience.errors import ValidationError
 
 __all__ = [
@@ -94,21 +96,32 @@ class CompletionRequest:
         if not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
             raise ValidationError(
                 f"maxTokens must be between 1 and {MAX_TOKENS_LIMIT}, "
-                f"got {self.max_tokens}",
+                f"got {_describe_number(self.max_tokens)}",
                 field="maxTokens",
             )
-        if self.deadline_s is not None and self.deadline_s <= 0:
+        deadline_s = _finite_float(self.deadline_s, "deadlineS", "a number of seconds")
+        if deadline_s is not None and deadline_s <= 0:
             raise ValidationError(
-                f"deadline must be positive seconds, got {self.deadline_s}",
+                f"deadline must be positive seconds, got {deadline_s}",
                 field="deadlineS",
             )
-        if self.temperature is not None and not 0 <= self.temperature <= 2:
+        temperature = _finite_float(
+            self.temperature, "temperature", "a number between 0 and 2"
+        )
+        if temperature is not None and not 0 <= temperature <= 2:
             raise ValidationError(
-                f"temperature must be between 0 and 2, got {self.temperature}",
+                f"temperature must be between 0 and 2, got {temperature}",
                 field="temperature",
             )
         org_id = validate_org_id(self.org_id, field="orgId")
-        return replace(self, messages=messages, prompt=None, org_id=org_id)
+        return replace(
+            self,
+            messages=messages,
+            prompt=None,
+            org_id=org_id,
+            deadline_s=deadline_s,
+            temperature=temperature,
+        )
 
     def normalized_messages(self) -> list[dict[str, Any]]:
         if self.messages is None:
@@ -159,6 +172,40 @@ class CompletionRequest:
                 f"{name} is {chars} characters, over the limit of {MAX_PROMPT_CHARS}",
                 field=name,
             )
+
+
+def _finite_float(value: object, name: str, description: str) -> float | None:
+    """Convert an optional number to float, or raise ValidationError.
+
+    An int beyond the float range (about 1.8e308) raises OverflowError in
+    ``float()``, and NaN or infinity would pass the ``deadline_s <= 0`` check.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(
+            f"{name} must be {description}, got {type(value).__name__}",
+            field=name,
+        )
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValidationError(
+            f"{name} must be {description}, got {_describe_number(value)}",
+            field=name,
+        ) from None
+    if not math.isfinite(number):
+        raise ValidationError(f"{name} must be {description}, got {number}", field=name)
+    return number
+
+
+def _describe_number(value: float) -> str:
+    """Quote a number for an error message, cut by truncate_for_message."""
+    try:
+        return truncate_for_message(str(value))
+    except ValueError:
+        # str() raises ValueError past this many digits (4,300 by default).
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
 
 
 def _check_encodable(text: str, name: str) -> None:
