@@ -157,6 +157,18 @@ def test_tampered_link_is_403(harness: Harness, database: Database, part: str) -
     assert "escalation.decision_refused" in audit_actions(database, started["id"])
 
 
+@pytest.mark.parametrize("expires", ["1" + "0" * 5_000, "\u00b2", "1" * 20, "-1"])
+def test_malformed_expires_is_403(harness: Harness, expires: str) -> None:
+    query = urlencode({"approver": "x", "expires": expires, "signature": "y"})
+    url = f"https://approvals.test/approvals/abc?{query}"
+
+    page = harness.open_link(url)
+
+    assert page["statusCode"] == 403
+    assert "Invalid approval link" in page["body"]
+    assert "expires must be Unix seconds" in page["body"]
+
+
 def test_correctly_signed_but_never_issued_link_is_403(harness: Harness) -> None:
     """Even with the signing key, a link not issued for bob's row fails."""
     started = start_deploy(harness, approvers=["alice@example.com"])

@@ -87,6 +87,28 @@ def test_incomplete_link_is_forbidden(missing: str) -> None:
         signer.verify("esc-1", params, now=NOW)
 
 
+@pytest.mark.parametrize(
+    "expires",
+    [
+        "1" + "0" * 5_000,  # past int()'s 4,300-digit limit
+        "9" * 20,
+        "\u00b2",  # str.isdigit() accepts it, int() does not
+        "\u0661\u0662",  # Arabic-Indic digits
+        "-1",
+        "1e9",
+        " 1",
+        "1\n",
+    ],
+)
+def test_malformed_expires_is_forbidden(expires: str) -> None:
+    signer = LinkSigner(KEY)
+    url, _ = signer.build_url("https://a.test", "esc-1", "bob", EXPIRES)
+    params = link_params(url) | {"expires": expires}
+
+    with pytest.raises(ForbiddenError, match="expires must be Unix seconds"):
+        signer.verify("esc-1", params, now=NOW)
+
+
 def test_expired_link_is_gone() -> None:
     signer = LinkSigner(KEY)
     url, _ = signer.build_url("https://a.test", "esc-1", "bob", EXPIRES)

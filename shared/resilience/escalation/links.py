@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
@@ -24,6 +25,11 @@ __all__ = [
     "LinkSigner",
     "hash_secret",
 ]
+
+# The expiry of an issued link has 10 digits until the year 2286, and 19
+# digits fit a signed 64-bit integer.
+MAX_EXPIRES_DIGITS = 19
+_EXPIRES_PATTERN = re.compile(rf"[0-9]{{1,{MAX_EXPIRES_DIGITS}}}")
 
 
 def hash_secret(secret: str) -> str:
@@ -86,10 +92,18 @@ class LinkSigner:
         approver = params.get("approver", "")
         expires_raw = params.get("expires", "")
         signature = params.get("signature", "")
-        if not approver or not signature or not expires_raw.isdigit():
+        if not approver or not signature or not expires_raw:
             raise ForbiddenError(
                 "approval link is incomplete: it needs approver, expires and "
                 "signature parameters; open the link exactly as it was sent"
+            )
+        # str.isdigit() also accepts digits that int() rejects (such as "²"),
+        # and int() raises ValueError past 4,300 digits.
+        if not _EXPIRES_PATTERN.fullmatch(expires_raw):
+            raise ForbiddenError(
+                "approval link is malformed: expires must be Unix seconds (at "
+                f"most {MAX_EXPIRES_DIGITS} digits 0-9); open the link exactly "
+                "as it was sent"
             )
 
         expires = int(expires_raw)
