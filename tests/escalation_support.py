@@ -12,7 +12,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,21 +321,28 @@ class Harness:
     def submit_form(
         self,
         url: str,
-        fields: Mapping[Any, str | bytes],
+        fields: Mapping[Any, str | bytes] | Sequence[tuple[Any, str | bytes]],
         *,
         opened: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """POST the approval form as a browser would after opening the link.
 
         Names and values given as bytes are percent-encoded byte for byte,
-        which sends text that is not UTF-8.
+        which sends text that is not UTF-8. A sequence of (name, value) pairs
+        can repeat a name, and the page's CSRF token is added after them.
         """
         page = opened or self.open_link(url)
         cookies = [c.split(";", 1)[0] for c in page.get("cookies", [])]
         match = re.search(r'name="csrf" value="([^"]+)"', page["body"])
-        form: dict[Any, str | bytes] = dict(fields)
-        if match is not None:
-            form["csrf"] = html.unescape(match.group(1))
+        form: dict[Any, str | bytes] | list[tuple[Any, str | bytes]]
+        if isinstance(fields, Mapping):
+            form = dict(fields)
+            if match is not None:
+                form["csrf"] = html.unescape(match.group(1))
+        else:
+            form = list(fields)
+            if match is not None:
+                form.append(("csrf", html.unescape(match.group(1))))
         parts = urllib.parse.urlsplit(url)
         return self.call(
             http_event(

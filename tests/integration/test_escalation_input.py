@@ -205,3 +205,32 @@ def test_form_error_page_is_bounded(
     assert "y" * 65 not in response["body"]
     assert len(response["body"]) < 5_000
     assert harness.status(started["id"])["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        (
+            [("decision", "reject"), ("decision", "approve"), ("reason", "x")],
+            "decision",
+        ),
+        ([("decision", "approve"), ("reason", "a"), ("reason", "b")], "reason"),
+        ([("decision", "approve"), ("data", "{}"), ("data", '{"a": 2}')], "data"),
+        ([("decision", "approve"), ("csrf", "forged")], "csrf"),
+    ],
+    ids=["decision", "reason", "data", "csrf"],
+)
+def test_repeated_form_field_is_422(
+    harness: Harness, database: Database, fields: list[tuple[str, str]], name: str
+) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.submit_form(started["approvalUrl"], fields)
+
+    assert response["statusCode"] == 422, response["body"]
+    alert = re.search(r'role="alert">(.*?)</p>', response["body"], re.DOTALL)
+    assert alert is not None
+    assert alert.group(1).startswith(f"{name} was sent more than once")
+    assert harness.status(started["id"])["status"] == "pending"
+    assert outbox_rows(database) == 0

@@ -243,12 +243,14 @@ def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
 def _decode_form(body: bytes) -> dict[str, str]:
     """Decode an ``application/x-www-form-urlencoded`` body into its fields.
 
-    Every name and value must be UTF-8 after percent-decoding, and the last
-    value of a repeated field wins.
+    Every name and value must be UTF-8 after percent-decoding, and each name
+    may occur once.
 
     Raises:
         _FormEncodingError: a name or value is not valid UTF-8. The error
             names the field, so nothing is stored with U+FFFD in its place.
+        ValidationError: a field occurs more than once, so the decision the
+            approver meant is unknown (``decision=reject&decision=approve``).
     """
     # Latin-1 maps each byte to one character and back, so the strict UTF-8
     # decode below gets exactly the bytes that the client percent-encoded.
@@ -269,6 +271,13 @@ def _decode_form(body: bytes) -> dict[str, str]:
                 "field names as UTF-8 text",
                 field=escaped_name,
             ) from None
+        if name in fields:
+            shown_name = truncate_for_message(name)
+            raise ValidationError(
+                f"{shown_name} was sent more than once: send each form field "
+                "once, then submit the form again",
+                field=shown_name,
+            )
         try:
             fields[name] = raw_value.encode("latin-1").decode("utf-8")
         except UnicodeDecodeError:
