@@ -511,3 +511,49 @@ def test_invalid_batch_and_org_ids_fail_alone(database: Database) -> None:
         ).fetchall()
     assert [k["idempotency_key"] for k in keys] == ["batch:a:item:b:item:c"]
     assert [a["task_id"] for a in audited] == ["a"]
+
+
+def nested_list(depth: int) -> Any:
+    data: Any = []
+    for _ in range(depth - 1):
+        data = [data]
+    return data
+
+
+def test_deeply_nested_data_fails_alone(database: Database) -> None:
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    run = runner.run(
+        [
+            BatchItem("b23", "ok", {"n": 0}, "recording"),
+            BatchItem("b23", "deep", {"tree": nested_list(5_000)}, "recording"),
+        ]
+    )
+
+    ok, bad = run.results
+    assert ok.status is ItemStatus.COMPLETED
+    assert bad.status is ItemStatus.FAILED
+    assert bad.reason == "invalid_item"
+    assert bad.retryable is False
+    assert "data is nested too deeply" in (bad.error or "")
+    assert processor.calls == {"ok": 1}
+
+
+@pytest.mark.parametrize("org_id", [None, ""])
+def test_absent_org_id_is_default(database: Database, org_id: Any) -> None:
+    """An absent org id means the default org, as on the HTTP path."""
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    run = runner.run([BatchItem("b24", "i1", {"n": 0}, "recording", org_id=org_id)])
+
+    result = run.results[0]
+    assert result.status is ItemStatus.COMPLETED
+    assert result.item.org_id == "default"
+    assert row(database, "batch:b24:item:i1")["org_id"] == "default"
+    with database.transaction() as conn:
+        audited = conn.execute(
+            "SELECT org_id FROM audit_log WHERE pattern = 'batch' AND task_id = 'b24'"
+        ).fetchall()
+    assert [a["org_id"] for a in audited] == ["default"]

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn
 
-from resilience.api import truncate_for_message, validate_json_value
+from resilience.api import (
+    MAX_JSON_DEPTH,
+    truncate_for_message,
+    validate_json_value,
+)
 from resilience.errors import ValidationError
 
 __all__ = [
@@ -171,6 +175,15 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
         raise ValidationError(
             f"item data must be JSON (objects, arrays, strings, finite numbers, "
             f"booleans, null): {exc}",
+            field="data",
+        ) from None
+    except RecursionError:
+        # The C encoder recurses once per level and raises past its limit
+        # (about 1,500 levels on CPython 3.12.1).
+        raise ValidationError(
+            "data is nested too deeply to encode as JSON: send at most "
+            f"{MAX_JSON_DEPTH} levels of objects and arrays, as the HTTP API "
+            "requires",
             field="data",
         ) from None
     # The encoder writes NUL as the six characters \u0000. The substring test

@@ -26,12 +26,12 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 
-from resilience.api import validate_org_id
+from resilience.api import DEFAULT_ORG_ID, validate_org_id
 from resilience.audit import write_audit
 from resilience.batch.config import BatchSettings, compute_lease_seconds
 from resilience.batch.execution import run_item
@@ -162,6 +162,7 @@ class BatchRunner:
             context, budget_s=self.settings.no_context_budget_s
         )
         run = BatchRun(run_id=run_id or uuid.uuid4().hex, results=[])
+        items = [_with_default_org(item) for item in items]
         results: list[ItemResult | None] = [None] * len(items)
         work = self._prepare(items, results)
         if raise_on_conflict:
@@ -635,6 +636,13 @@ def _is_json(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _with_default_org(item: BatchItem) -> BatchItem:
+    """Return the item with org id ``default`` when it has none, as HTTP does."""
+    if item.org_id is None or item.org_id == "":
+        return replace(item, org_id=DEFAULT_ORG_ID)
+    return item
 
 
 def _org_batch_error(org_id: object, batch_id: object) -> str | None:
