@@ -182,6 +182,25 @@ def test_cancel_reason_too_long_is_400(harness: Harness) -> None:
     assert harness.status(started["id"])["status"] == "pending"
 
 
+def test_cancel_requester_too_long_is_400(harness: Harness) -> None:
+    started = start_and_notify(harness, requestedBy="agent-7")
+
+    answer = harness.call(
+        http_event(
+            "POST",
+            f"https://approvals.test/escalations/{started['id']}/cancel",
+            body=json.dumps({"requestedBy": "a" * 257}),
+            headers={"content-type": "application/json"},
+        )
+    )
+
+    assert answer["statusCode"] == 400, answer["body"]
+    error = json.loads(answer["body"])
+    assert error["field"] == "requestedBy"
+    assert "maximum is 256" in error["message"]
+    assert harness.status(started["id"])["status"] == "pending"
+
+
 def test_expiry_is_expired_not_rejected(
     harness: Harness, slack: SlackStandIn, database: Database
 ) -> None:

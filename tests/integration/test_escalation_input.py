@@ -234,3 +234,58 @@ def test_repeated_form_field_is_422(
     assert alert.group(1).startswith(f"{name} was sent more than once")
     assert harness.status(started["id"])["status"] == "pending"
     assert outbox_rows(database) == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "expected"),
+    [
+        ({"requestedBy": "a" * 1_000_000}, "requestedBy", "maximum is 256"),
+        ({"requestedBy": "a" * 257}, "requestedBy", "maximum is 256"),
+        (
+            {"source": {"pattern": "batch", "note": "x" * 1_000_000}},
+            "source",
+            "maximum is 16384",
+        ),
+        (
+            {"source": {"pattern": "batch", "note": "\u00e9" * 3_000}},
+            "source",
+            "maximum is 16384",
+        ),
+    ],
+    ids=["requester-1mb", "requester-257", "source-1mb", "source-escaped"],
+)
+def test_oversized_start_field_is_400(
+    harness: Harness, changes: dict[str, Any], field: str, expected: str
+) -> None:
+    body = {"data": {"a": 1}, "reason": "check", **changes}
+
+    error = harness.start(body, expect=400)
+
+    assert error["field"] == field
+    assert expected in error["message"]
+    assert len(error["message"]) < 400
+
+
+def test_start_fields_at_limits_accepted(harness: Harness) -> None:
+    """The largest accepted fields still fit the 256 KiB execution input."""
+    source = {"pattern": "test", "note": ""}
+    source["note"] = "x" * (16_384 - len(json.dumps(source, separators=(",", ":"))))
+    # Many separators: json.dumps with its default ", " would add 100 KB.
+    data = {"n": [0] * 99_996}
+    assert len(json.dumps(data, separators=(",", ":"))) == 199_999
+
+    started = harness.start(
+        {
+            "data": data,
+            "reason": "\U0001f600" * 2000,
+            "requestedBy": "r" * 256,
+            "source": source,
+        }
+    )
+
+    arn = harness.stack.state_machine_arn.replace(":stateMachine:", ":execution:")
+    execution = harness.stack.sfn.describe_execution(
+        executionArn=f"{arn}:{started['id']}"
+    )
+    assert len(execution["input"].encode()) <= 262_144
+    assert harness.status(started["id"])["status"] == "pending"

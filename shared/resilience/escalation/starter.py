@@ -42,7 +42,9 @@ def start_execution(
         response = service.stepfunctions.start_execution(
             stateMachineArn=arn,
             name=escalation_id,
-            input=json.dumps(execution_input),
+            # Compact, as validation measures data and source against the
+            # 256 KiB input limit.
+            input=json.dumps(execution_input, separators=(",", ":")),
         )
     except (ClientError, BotoCoreError) as exc:
         _mark_failed(service, escalation_id, type(exc).__name__)

@@ -21,6 +21,8 @@ from resilience.escalation.config import ANYONE, MAX_TIMEOUT_S, EscalationConfig
 
 __all__ = [
     "MAX_DATA_BYTES",
+    "MAX_REQUESTED_BY_CHARS",
+    "MAX_SOURCE_BYTES",
     "DecisionBody",
     "StartRequest",
     "parse_decision",
@@ -31,7 +33,15 @@ __all__ = [
 # Step Functions limits execution input and task output to 256 KiB; the data
 # travels in both, next to the other fields.
 MAX_DATA_BYTES = 200_000
+# source travels in the execution input next to data. A reason of
+# MAX_REASON_CHARS takes at most 24,000 bytes, because a character can need a
+# 12-byte surrogate-pair escape. With data and source at their maximums, over
+# 20,000 of the 262,144 bytes remain for the ids, the app URL and field names.
+# NOTE: after the approval task the state holds data and the edited data
+# together, which can pass 256 KiB when both are near MAX_DATA_BYTES.
+MAX_SOURCE_BYTES = 16_384
 MAX_REASON_CHARS = 2000
+MAX_REQUESTED_BY_CHARS = 256
 MAX_APPROVERS = 20
 _TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DECISION_FIELDS = {"decision", "data", "reason", "csrf"}
@@ -86,8 +96,7 @@ def validate_start(
         )
     type_settings = config.escalation_type(escalation_type)
 
-    if requested_by is not None and not isinstance(requested_by, str):
-        raise ValidationError("requestedBy must be a string", field="requestedBy")
+    requested_by = _requested_by(requested_by)
 
     checked_approvers = _approvers(approvers, type_settings.approvers)
     if type_settings.forbid_self_approval and requested_by:
@@ -103,14 +112,7 @@ def validate_start(
         timeout_seconds,
         type_settings.timeout_seconds or config.default_timeout_s,
     )
-    if source is not None and (
-        not isinstance(source, dict) or not isinstance(source.get("pattern"), str)
-    ):
-        raise ValidationError(
-            'source must be an object with a "pattern" string, e.g. '
-            '{"pattern": "batch", "batchId": "b1", "itemId": "i1"}',
-            field="source",
-        )
+    _check_source(source)
 
     base_url = (app_url or config.app_url or "").rstrip("/")
     if not base_url.startswith(("https://", "http://")):
@@ -152,10 +154,43 @@ def validate_data(data: Any, *, field: str) -> dict[str, Any]:
 def validate_cancel(body: dict[str, Any]) -> tuple[str | None, str | None]:
     """Return the reason and requester of a cancel body, both optional texts."""
     reason = _text(body.get("reason"), field="reason", required=False)
-    requested_by = body.get("requestedBy")
-    if requested_by is not None and not isinstance(requested_by, str):
-        raise ValidationError("requestedBy must be a string", field="requestedBy")
+    requested_by = _requested_by(body.get("requestedBy"))
     return reason or None, requested_by
+
+
+def _requested_by(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("requestedBy must be a string", field="requestedBy")
+    if len(value) > MAX_REQUESTED_BY_CHARS:
+        raise ValidationError(
+            f"requestedBy has {len(value)} characters; the maximum is "
+            f"{MAX_REQUESTED_BY_CHARS}: send the requester's id, such as an email "
+            "address",
+            field="requestedBy",
+        )
+    return value
+
+
+def _check_source(source: Any) -> None:
+    if source is None:
+        return
+    if not isinstance(source, dict) or not isinstance(source.get("pattern"), str):
+        raise ValidationError(
+            'source must be an object with a "pattern" string, e.g. '
+            '{"pattern": "batch", "batchId": "b1", "itemId": "i1"}',
+            field="source",
+        )
+    validate_json_value(source, field="source")
+    # Measured as json.dumps writes the execution input (ASCII escapes).
+    size = len(json.dumps(source, separators=(",", ":")).encode())
+    if size > MAX_SOURCE_BYTES:
+        raise ValidationError(
+            f"source is {size} bytes of JSON; the maximum is {MAX_SOURCE_BYTES}: "
+            "send ids that point to the work, and put the content in data",
+            field="source",
+        )
 
 
 def _text(value: Any, *, field: str, required: bool) -> str:
