@@ -154,3 +154,22 @@ def test_llm_degraded_accepted_when_configured(
     result = run.results[0]
     assert result.status is ItemStatus.COMPLETED
     assert result.output["provider"] == "local"
+
+
+@pytest.mark.parametrize(
+    "sleep_ms", [10**400, 1e300, 120_000], ids=["int-1e400", "float-1e300", "2-min"]
+)
+def test_echo_sleep_capped_at_60s(
+    database: Database, monkeypatch: pytest.MonkeyPatch, sleep_ms: float
+) -> None:
+    """A sleepMs beyond the float range sleeps the 60 s cap like any large value."""
+    from resilience.batch import processors
+
+    slept: list[float] = []
+    monkeypatch.setattr(processors.time, "sleep", slept.append)
+    runner = BatchRunner(database)
+
+    run = runner.run([BatchItem("echo-sleep", "i1", {"sleepMs": sleep_ms}, "echo")])
+
+    assert run.results[0].status is ItemStatus.COMPLETED, run.results[0].error
+    assert slept == [60.0]

@@ -113,7 +113,9 @@ class EchoProcessor:
         if isinstance(data, dict):
             sleep_ms = data.get("sleepMs")
             if isinstance(sleep_ms, int | float) and sleep_ms > 0:
-                time.sleep(min(float(sleep_ms), 60_000.0) / 1000.0)
+                # min() before the division, because an int past the float
+                # range (1e309 and up) raises OverflowError in float().
+                time.sleep(min(sleep_ms, 60_000) / 1000.0)
             failure = data.get("fail")
             if failure == "transient":
                 raise TransientError("echo item asked to fail (transient)")
