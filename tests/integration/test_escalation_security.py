@@ -268,13 +268,23 @@ def test_slack_action_base64_body_approves(
     assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
 
 
-@pytest.mark.parametrize("case", ["tampered", "old", "missing_header"])
+@pytest.mark.parametrize(
+    "case", ["tampered", "old", "missing_header", "superscript_timestamp"]
+)
 def test_slack_action_rejected_with_401(
     harness: Harness, database: Database, case: str
 ) -> None:
-    """One changed byte, a 301-second-old timestamp or no headers: 401."""
+    """One changed byte, a 301-second-old or malformed timestamp, no headers: 401."""
     started = start_deploy(harness)
+    malformed_headers = {
+        "content-type": "application/x-www-form-urlencoded",
+        "x-slack-request-timestamp": "\u00b2",
+        "x-slack-signature": "v0=00",
+    }
     events = {
+        "superscript_timestamp": slack_action(
+            started["id"], "approve", "U111", headers=malformed_headers
+        ),
         "tampered": slack_action(started["id"], "approve", "U111", tamper=True),
         "old": slack_action(
             started["id"], "approve", "U111", timestamp=int(time.time()) - 301

@@ -119,6 +119,27 @@ def test_missing_header_rejected(missing: str) -> None:
         verify_slack_request(headers, BODY, signing_secret=SECRET, now=NOW)
 
 
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "1" + "0" * 5_000,  # past int()'s 4,300-digit limit
+        "1" + "0" * 400,  # beyond the float range
+        "\u00b2",  # str.isdigit() accepts it, int() does not
+        "\u0661\u0662",  # Arabic-Indic digits
+        "-1",
+    ],
+    ids=["5001-digits", "401-digits", "superscript", "arabic-indic", "negative"],
+)
+def test_malformed_timestamp_rejected(timestamp: str) -> None:
+    headers = {
+        "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": sign_slack_request(SECRET, timestamp, BODY),
+    }
+
+    with pytest.raises(SlackVerificationError, match="is not a number"):
+        verify_slack_request(headers, BODY, signing_secret=SECRET, now=NOW)
+
+
 def test_wrong_secret_rejected() -> None:
     with pytest.raises(SlackVerificationError, match="does not match"):
         verify_slack_request(

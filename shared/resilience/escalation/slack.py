@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -48,6 +49,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_CLOCK_SKEW_S = 300
+# Slack sends 10 digits until the year 2286, and 19 fit a signed 64-bit integer.
+MAX_TIMESTAMP_DIGITS = 19
+_TIMESTAMP_PATTERN = re.compile(rf"[0-9]{{1,{MAX_TIMESTAMP_DIGITS}}}")
 DEFAULT_API_URL = "https://slack.com/api"
 
 
@@ -131,8 +135,13 @@ def verify_slack_request(
         raise SlackVerificationError(
             "Slack request is missing X-Slack-Signature or X-Slack-Request-Timestamp"
         )
-    if not timestamp.isdigit():
-        raise SlackVerificationError("X-Slack-Request-Timestamp is not a number")
+    # str.isdigit() also accepts digits that int() rejects (such as "²"), and
+    # int() raises ValueError past 4,300 digits.
+    if not _TIMESTAMP_PATTERN.fullmatch(timestamp):
+        raise SlackVerificationError(
+            "X-Slack-Request-Timestamp is not a number of Unix seconds (1 to "
+            f"{MAX_TIMESTAMP_DIGITS} digits 0-9)"
+        )
     current = time.time() if now is None else now
     if abs(current - int(timestamp)) > MAX_CLOCK_SKEW_S:
         raise SlackVerificationError(
