@@ -289,3 +289,34 @@ def test_start_fields_at_limits_accepted(harness: Harness) -> None:
     )
     assert len(execution["input"].encode()) <= 262_144
     assert harness.status(started["id"])["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ('{"decision": "reject", "decision": "approve", "reason": "x"}', "decision"),
+        ('{"decision": "approve", "data": {"a": 1, "a": 2}}', "a"),
+    ],
+    ids=["decision", "nested-data-key"],
+)
+def test_repeated_json_key_is_422(
+    harness: Harness, database: Database, raw: str, name: str
+) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.call(
+        http_event(
+            "POST",
+            started["approvalUrl"],
+            body=raw,
+            headers={"content-type": "application/json"},
+        )
+    )
+
+    assert response["statusCode"] == 422, response["body"]
+    error = json.loads(response["body"])
+    assert error["field"] == name
+    assert error["message"].startswith(f"{name} was sent more than once")
+    assert harness.status(started["id"])["status"] == "pending"
+    assert outbox_rows(database) == 0
