@@ -53,7 +53,7 @@ from resilience.errors import (
     UpstreamTimeoutError,
     ValidationError,
 )
-from resilience.messaging import org_id_from_record, send_reply
+from resilience.messaging import org_id_from_record, reply_rejected, send_reply
 from resilience.observability import route_library_logs
 from resilience.services import ServiceResponse, call_service, default_registry
 
@@ -239,15 +239,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
         request = parse_call(parse_json_object(record.body, field="body"))
         result = call_service(**request, deadline=_deadline(processor.lambda_context))
     except (json.JSONDecodeError, ValidationError) as exc:
-        # Bad input stays bad: reply once and drop the message.
-        field = getattr(exc, "field", "body")
-        logger.error(
-            "breaker.call_rejected",
-            extra={"message_id": message_id, "field": field, "error": str(exc)},
-        )
-        outcome = {"ok": False, "error": "validation_error", "message": str(exc)}
-        send_reply(raw, {**outcome, "field": field})
-        return outcome
+        return reply_rejected(raw, exc, event="breaker.call_rejected")
     except (BreakerOpenError, TransientError) as exc:
         logger.warning(
             "breaker.call_retry_later",

@@ -55,7 +55,7 @@ from resilience.escalation.slack import (
 from resilience.escalation.slack_actions import handle_slack_action
 from resilience.escalation.validation import validate_cancel
 from resilience.escalation.web import ApprovalRequest, PageResponse, handle_approval
-from resilience.messaging import org_id_from_record, send_reply
+from resilience.messaging import org_id_from_record, reply_rejected, send_reply
 from resilience.observability import route_library_logs
 
 logger = Logger(service="escalation")
@@ -251,9 +251,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
             body, org_id=org_id_from_record(raw), caller=None, app_url=None
         )
     except ValidationError as exc:
-        # Bad input is final: reply once instead of retrying until the DLQ.
-        logger.warning("escalation.request_invalid", extra={"error": str(exc)})
-        result = {"error": "validation_error", "message": str(exc), "field": exc.field}
+        return reply_rejected(raw, exc, event="escalation.request_invalid")
     send_reply(raw, result)
     return result
 

@@ -52,7 +52,7 @@ from resilience.errors import (
 )
 from resilience.llm import CompletionRequest, complete, complete_many, warm_up
 from resilience.llm.classify import RequestNotSentError
-from resilience.messaging import org_id_from_record, send_reply
+from resilience.messaging import org_id_from_record, reply_rejected, send_reply
 from resilience.observability import route_library_logs
 
 logger = Logger(service="graceful-degradation")
@@ -211,15 +211,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
             body, org_id_from_record(raw), processor.lambda_context
         )
     except (json.JSONDecodeError, ValidationError) as exc:
-        # Bad input stays bad: reply once and drop the message.
-        field = getattr(exc, "field", "body")
-        logger.error(
-            "llm.message_rejected",
-            extra={"message_id": record.message_id, "field": field, "error": str(exc)},
-        )
-        outcome = {"ok": False, "error": "validation_error", "message": str(exc)}
-        send_reply(raw, {**outcome, "field": field})
-        return outcome
+        return reply_rejected(raw, exc, event="llm.message_rejected")
     except (BudgetExceededError, UpstreamClientError) as exc:
         logger.warning(
             "llm.message_refused",

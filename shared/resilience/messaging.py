@@ -13,9 +13,15 @@ import logging
 from functools import cache
 from typing import Any
 
-from resilience.api import validate_org_id
+from resilience.api import MAX_FIELD_CHARS, bound_message, validate_org_id
 
-__all__ = ["message_attribute", "org_id_from_record", "send_reply", "sqs_client"]
+__all__ = [
+    "message_attribute",
+    "org_id_from_record",
+    "reply_rejected",
+    "send_reply",
+    "sqs_client",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +74,23 @@ def send_reply(record: dict[str, Any], result: dict[str, Any]) -> bool:
         extra={"message_id": record.get("messageId"), "reply_to": reply_to},
     )
     return True
+
+
+def reply_rejected(
+    record: dict[str, Any], error: Exception, *, event: str
+) -> dict[str, Any]:
+    """Log and answer a message whose input is invalid; return the answer.
+
+    Bad input stays bad, so the message is answered once and dropped rather
+    than retried until the DLQ. The message and field are bounded like an
+    HTTP error, because both may quote the input.
+    """
+    field = str(getattr(error, "field", None) or "body")[:MAX_FIELD_CHARS]
+    message = bound_message(str(error))
+    logger.error(
+        event,
+        extra={"message_id": record.get("messageId"), "field": field, "error": message},
+    )
+    outcome = {"ok": False, "error": "validation_error", "message": message}
+    send_reply(record, {**outcome, "field": field})
+    return outcome

@@ -15,6 +15,7 @@ import pytest
 import stamina
 
 from local.embedded import EmbeddedRedis, free_port
+from resilience import messaging
 from resilience.breaker import clear_breakers
 from resilience.db import Database
 from resilience.kvstore import reset_store_cache
@@ -484,7 +485,7 @@ def test_sqs_reply_names_field_like_http(
     field: str,
 ) -> None:
     replies: list[dict[str, Any]] = []
-    monkeypatch.setattr(handler, "send_reply", lambda _, reply: replies.append(reply))
+    monkeypatch.setattr(messaging, "send_reply", lambda _, reply: replies.append(reply))
     event = load_event("sqs_calls.json")
     event["Records"] = [{**event["Records"][0], "body": body}]
 

@@ -13,6 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from resilience import messaging
 from resilience.db import Database
 from resilience.messaging import sqs_client
 from tests.llm_fixtures import (
@@ -167,7 +168,7 @@ def test_sqs_huge_number_rejected_once(
     handler: ModuleType, llm: LLMControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replies: list[dict[str, Any]] = []
-    monkeypatch.setattr(handler, "send_reply", lambda _, reply: replies.append(reply))
+    monkeypatch.setattr(messaging, "send_reply", lambda _, reply: replies.append(reply))
     event = load_event("sqs_completions.json")
     body = '{"prompt": "hi", "deadlineS": 1' + "0" * 400 + "}"
     event["Records"] = [{**event["Records"][0], "body": body}]
