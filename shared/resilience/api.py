@@ -163,14 +163,18 @@ def parse_json_object(
     """Parse ``raw`` as a JSON object that PostgreSQL and HTTP clients can carry.
 
     Raises:
-        ValidationError: the text is not JSON or not an object, contains a
-            non-finite number (NaN, Infinity, 1e400), is nested deeper than
-            ``MAX_JSON_DEPTH``, or contains a string that cannot be stored
-            (see :func:`validate_json_value`). ``field`` names the part.
+        ValidationError: the text is not JSON or not an object, repeats a key
+            in an object, contains a non-finite number (NaN, Infinity, 1e400),
+            is nested deeper than ``MAX_JSON_DEPTH``, or contains a string
+            that cannot be stored (see :func:`validate_json_value`).
+            ``field`` names the part.
     """
     try:
         value = json.loads(
-            raw or "", parse_constant=_reject_constant, parse_float=_finite_float
+            raw or "",
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
         )
     except _NonFiniteNumberError as exc:
         raise ValidationError(
@@ -205,6 +209,21 @@ def parse_json_object(
         )
     validate_json_value(value, field=field)
     return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys, so {"decision": "reject",
+    # "decision": "approve"} would approve without a word.
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            shown = truncate_for_message(name)
+            raise ValidationError(
+                f"{shown} was sent more than once in a JSON object: send each key once",
+                field=shown,
+            )
+        result[name] = value
+    return result
 
 
 class _NonFiniteNumberError(ValueError):

@@ -125,3 +125,12 @@ def test_long_unknown_field_is_cut() -> None:
 def test_known_fields_pass() -> None:
     reject_unknown_fields({"id": "x", "data": {}}, ITEM_FIELDS)
     reject_unknown_fields({}, ITEM_FIELDS)
+
+
+@pytest.mark.parametrize(
+    "raw", ['{"path": "/a", "path": "/b"}', '{"body": {"a": 1, "a": 2}}']
+)
+def test_rejects_repeated_key(raw: str) -> None:
+    with pytest.raises(ValidationError, match="sent more than once") as caught:
+        parse_json_object(raw)
+    assert caught.value.field in ("path", "a")

@@ -234,28 +234,10 @@ def _result_page(request: ApprovalRequest, result: DecisionResult) -> PageRespon
 
 def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
     if request.wants_json:
-        body = parse_json_object(request.body or b"null", field="body")
-        # json.loads keeps the last value of a repeated key, so parse the
-        # valid body again to find one, as _decode_form does for the form.
-        json.loads(request.body, object_pairs_hook=_reject_repeated_keys)
-        return body
+        return parse_json_object(request.body or b"null", field="body")
     fields = _decode_form(request.body)
     validate_json_value(fields, field="body")
     return fields
-
-
-def _reject_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            shown_name = truncate_for_message(name)
-            raise ValidationError(
-                f"{shown_name} was sent more than once in a JSON object: send "
-                "each key once",
-                field=shown_name,
-            )
-        result[name] = value
-    return result
 
 
 def _decode_form(body: bytes) -> dict[str, str]:
