@@ -143,62 +143,34 @@ def test_cancel_by_someone_else_is_forbidden(harness: Harness) -> None:
     assert harness.status(started["id"])["status"] == "pending"
 
 
-def test_cancel_unknown_field_is_400(harness: Harness) -> None:
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"reasn": "typo", "requestedBy": "agent-7"}, "reasn", "reasn"),
+        ({"reason": "x" * 2001}, "reason", "maximum is 2000"),
+        ({"requestedBy": "a" * 257}, "requestedBy", "maximum is 256"),
+    ],
+)
+def test_bad_cancel_body_is_400_and_cancels_nothing(
+    harness: Harness, body: dict[str, str], field: str, message: str
+) -> None:
     started = start_and_notify(harness, requestedBy="agent-7")
 
     answer = harness.call(
         http_event(
             "POST",
             f"https://approvals.test/escalations/{started['id']}/cancel",
-            body=json.dumps({"reasn": "typo", "requestedBy": "agent-7"}),
+            body=json.dumps(body),
             headers={"content-type": "application/json"},
         )
     )
 
     assert answer["statusCode"] == 400, answer["body"]
     error = json.loads(answer["body"])
-    assert error["field"] == "reasn"
-    assert "reasn" in error["message"]
+    assert error["field"] == field
+    assert message in error["message"]
     assert harness.status(started["id"])["status"] == "pending"
     assert harness.stack.execution_status(started["id"], wait_s=0) == "RUNNING"
-
-
-def test_cancel_reason_too_long_is_400(harness: Harness) -> None:
-    started = start_and_notify(harness, requestedBy="agent-7")
-
-    answer = harness.call(
-        http_event(
-            "POST",
-            f"https://approvals.test/escalations/{started['id']}/cancel",
-            body=json.dumps({"reason": "x" * 2001}),
-            headers={"content-type": "application/json"},
-        )
-    )
-
-    assert answer["statusCode"] == 400, answer["body"]
-    error = json.loads(answer["body"])
-    assert error["field"] == "reason"
-    assert "maximum is 2000" in error["message"]
-    assert harness.status(started["id"])["status"] == "pending"
-
-
-def test_cancel_requester_too_long_is_400(harness: Harness) -> None:
-    started = start_and_notify(harness, requestedBy="agent-7")
-
-    answer = harness.call(
-        http_event(
-            "POST",
-            f"https://approvals.test/escalations/{started['id']}/cancel",
-            body=json.dumps({"requestedBy": "a" * 257}),
-            headers={"content-type": "application/json"},
-        )
-    )
-
-    assert answer["statusCode"] == 400, answer["body"]
-    error = json.loads(answer["body"])
-    assert error["field"] == "requestedBy"
-    assert "maximum is 256" in error["message"]
-    assert harness.status(started["id"])["status"] == "pending"
 
 
 def test_expiry_is_expired_not_rejected(
