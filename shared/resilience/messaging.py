@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from resilience.api import MAX_FIELD_CHARS, bound_message, validate_org_id
+from resilience.observability import emit_metric
 
 __all__ = [
     "message_attribute",
@@ -49,26 +50,45 @@ def sqs_client() -> Any:
 def send_reply(record: dict[str, Any], result: dict[str, Any]) -> bool:
     """Send ``result`` to the queue named by the record's ``replyTo`` attribute.
 
+    The work is done by the time a reply is sent, so a reply that cannot be
+    sent (a queue that does not exist, no permission, SQS unreachable) is
+    logged and counted, and the message is not handed back: delivering it
+    again would repeat the work, not the reply.
+
     Returns:
-        True when a reply was sent, False when the record asked for none.
+        True when a reply was sent, False when the record asked for none or
+        the reply could not be sent.
     """
     reply_to = message_attribute(record, "replyTo")
     if not reply_to:
         return False
 
-    client = sqs_client()
-    if reply_to.startswith(("https://", "http://")):
-        queue_url = reply_to
-    else:
-        queue_url = client.get_queue_url(QueueName=reply_to)["QueueUrl"]
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    client.send_message(
-        QueueUrl=queue_url,
-        MessageBody=json.dumps(result, default=str),
-        MessageAttributes={
-            "inReplyTo": {"DataType": "String", "StringValue": record["messageId"]}
-        },
-    )
+    try:
+        client = sqs_client()
+        if reply_to.startswith(("https://", "http://")):
+            queue_url = reply_to
+        else:
+            queue_url = client.get_queue_url(QueueName=reply_to)["QueueUrl"]
+        client.send_message(
+            QueueUrl=queue_url,
+            MessageBody=json.dumps(result, default=str),
+            MessageAttributes={
+                "inReplyTo": {"DataType": "String", "StringValue": record["messageId"]}
+            },
+        )
+    except (BotoCoreError, ClientError) as exc:
+        logger.error(
+            "sqs.reply_failed",
+            extra={
+                "message_id": record.get("messageId"),
+                "reply_to": reply_to[:MAX_FIELD_CHARS],
+                "error": f"{type(exc).__name__}: {bound_message(str(exc))}",
+            },
+        )
+        emit_metric("ReplyFailed", 1)
+        return False
     logger.info(
         "sqs.reply_sent",
         extra={"message_id": record.get("messageId"), "reply_to": reply_to},

@@ -497,6 +497,38 @@ def test_sqs_reply_names_field_like_http(
     assert downstream.requests == []
 
 
+def test_sqs_reply_to_missing_queue_does_not_retry(
+    handler: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from moto import mock_aws
+
+    from resilience.messaging import sqs_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    event = load_event("sqs_calls.json")
+    record = event["Records"][0]
+    record["body"] = '{"service": "demo", "path": "/x", "path": "/y"}'
+    record["messageAttributes"]["replyTo"] = {
+        "stringValue": "no-such-queue",
+        "dataType": "String",
+    }
+    event["Records"] = [record]
+
+    with mock_aws():
+        sqs_client.cache_clear()
+        result = handler.lambda_handler(event, FakeContext())
+    sqs_client.cache_clear()
+
+    # A bad message stays answered-and-dropped even when its reply fails.
+    assert result["batchItemFailures"] == []
+    failed = [r for r in caplog.records if r.getMessage() == "sqs.reply_failed"]
+    assert len(failed) == 1
+
+
 def test_sqs_reply_sent_to_reply_queue(
     handler: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
