@@ -497,11 +497,9 @@ def test_sqs_reply_names_field_like_http(
     assert downstream.requests == []
 
 
-def test_sqs_reply_to_missing_queue_does_not_retry(
-    handler: ModuleType,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+def moto_sqs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SQS from moto, with the handler's cached client built inside it."""
     from moto import mock_aws
 
     from resilience.messaging import sqs_client
@@ -509,54 +507,50 @@ def test_sqs_reply_to_missing_queue_does_not_retry(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        sqs_client.cache_clear()
+        yield
+    sqs_client.cache_clear()
+
+
+def call_event_replying_to(queue: str, body: str | None = None) -> dict[str, Any]:
     event = load_event("sqs_calls.json")
     record = event["Records"][0]
-    record["body"] = '{"service": "demo", "path": "/x", "path": "/y"}'
+    if body is not None:
+        record["body"] = body
     record["messageAttributes"]["replyTo"] = {
-        "stringValue": "no-such-queue",
+        "stringValue": queue,
         "dataType": "String",
     }
     event["Records"] = [record]
+    return event
 
-    with mock_aws():
-        sqs_client.cache_clear()
-        result = handler.lambda_handler(event, FakeContext())
-    sqs_client.cache_clear()
 
-    # A bad message stays answered-and-dropped even when its reply fails.
+def test_reply_to_missing_queue_not_retried(
+    handler: ModuleType, moto_sqs: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = '{"service": "demo", "path": "/x", "path": "/y"}'
+    event = call_event_replying_to("no-such-queue", body)
+
+    result = handler.lambda_handler(event, FakeContext())
+
+    # The bad message is still handled once, although its reply failed.
     assert result["batchItemFailures"] == []
     failed = [r for r in caplog.records if r.getMessage() == "sqs.reply_failed"]
     assert len(failed) == 1
 
 
-def test_sqs_reply_sent_to_reply_queue(
-    handler: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sqs_reply_sent_to_reply_queue(handler: ModuleType, moto_sqs: None) -> None:
     import boto3
-    from moto import mock_aws
 
-    from resilience.messaging import sqs_client
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName="breaker-replies")["QueueUrl"]
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    event = load_event("sqs_calls.json")
-    record = event["Records"][0]
-    record["messageAttributes"]["replyTo"] = {
-        "stringValue": "breaker-replies",
-        "dataType": "String",
-    }
-    event["Records"] = [record]
+    result = handler.lambda_handler(
+        call_event_replying_to("breaker-replies"), FakeContext()
+    )
 
-    with mock_aws():
-        sqs_client.cache_clear()
-        queue_url = boto3.client("sqs").create_queue(QueueName="breaker-replies")[
-            "QueueUrl"
-        ]
-        result = handler.lambda_handler(event, FakeContext())
-        messages = boto3.client("sqs").receive_message(QueueUrl=queue_url)["Messages"]
-    sqs_client.cache_clear()
-
+    messages = sqs.receive_message(QueueUrl=queue_url)["Messages"]
     reply = json.loads(messages[0]["Body"])
     assert result["batchItemFailures"] == []
     assert reply["ok"] is True
