@@ -73,8 +73,8 @@ REQUEST_BODY_FIELD = "body"
 # quotes them, so that a client cannot make an error response (or the HTML
 # page that shows it) as large as its request.
 MAX_QUOTED_CHARS = 64
-# The longest error message and field path an answer carries, whatever the
-# input quoted.
+# Maximum length of an error message and of a field path in a response,
+# whatever input they quote.
 MAX_MESSAGE_CHARS = 600
 MAX_FIELD_CHARS = 256
 
@@ -217,10 +217,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, value in pairs:
         if name in result:
-            shown = truncate_for_message(name)
+            quoted_name = truncate_for_message(name)
             raise ValidationError(
-                f"{shown} was sent more than once in a JSON object: send each key once",
-                field=shown,
+                f"{quoted_name} was sent more than once in a JSON object: send each "
+                "key once",
+                field=quoted_name,
             )
         result[name] = value
     return result
@@ -325,7 +326,7 @@ def bound_message(message: str) -> str:
     """Cut an error message to MAX_MESSAGE_CHARS, keeping its start and end.
 
     A message may quote the client's input, which can be megabytes. Its end
-    usually says how to fix the request, so the cut is made in the middle.
+    usually tells how to fix the request, so the cut is made in the middle.
     """
     if len(message) <= MAX_MESSAGE_CHARS:
         return message

@@ -186,7 +186,7 @@ class _ReplyPipeline:
         with self._lock:
             error = self._read(wait=len(self._unread) >= MAX_UNREAD_REPLIES)
             if isinstance(error, redis.TimeoutError):
-                # The server did not answer in time; a new connection's
+                # The server did not respond in time, so a new connection's
                 # handshake would wait for it a second time.
                 raise _unavailable(script, error) from error
             self._drop_if_closed()
@@ -201,10 +201,10 @@ class _ReplyPipeline:
             self._unread.append(_UnreadReply(script, command, on_reply))
 
     def collect(self, *, wait: bool) -> None:
-        """Hand out the replies that arrived, or all of them when ``wait``.
+        """Pass arrived replies to their handlers, or every reply when ``wait``.
 
         Raises:
-            RedisUnavailableError: with ``wait``, the server did not answer
+            RedisUnavailableError: with ``wait``, the server did not respond
                 within the timeout. The caller's own command would wait a
                 second timeout for the same server, so it should not be sent.
         """
@@ -216,7 +216,7 @@ class _ReplyPipeline:
             error = self._read(wait=wait)
         if wait and isinstance(error, redis.TimeoutError):
             raise RedisUnavailableError(
-                f"Redis did not answer earlier commands in time: {error}"
+                f"Redis timed out on earlier commands: {error}"
             ) from error
 
     def close(self) -> None:
@@ -426,12 +426,12 @@ class RedisStore:
         self._pipeline.send(script, command, on_reply)
 
     def collect_replies(self, *, wait: bool = False) -> None:
-        """Hand the replies that have arrived to their handlers.
+        """Pass the replies that have arrived to their handlers.
 
         With ``wait``, read every reply still due first, so that other
         clients see what was sent. Raises
         :class:`~resilience.errors.RedisUnavailableError` when Redis does not
-        answer within the timeout.
+        respond within the timeout.
         """
         self._pipeline.collect(wait=wait)
 

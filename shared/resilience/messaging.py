@@ -99,9 +99,9 @@ def send_reply(record: dict[str, Any], result: dict[str, Any]) -> bool:
 def reply_rejected(
     record: dict[str, Any], error: Exception, *, event: str
 ) -> dict[str, Any]:
-    """Log and answer a message whose input is invalid; return the answer.
+    """Log a message whose input is invalid, reply to it and return the reply.
 
-    Bad input stays bad, so the message is answered once and dropped rather
+    Bad input stays bad, so the message gets one reply and is dropped rather
     than retried until the DLQ. The message and field are bounded like an
     HTTP error, because both may quote the input.
     """

@@ -562,7 +562,7 @@ def test_pipelined_reply_brings_state_opened_elsewhere(
     succeed(instance)  # GIVEN an instance that trusts a closed state for 60 s
     fail(make_breaker(), 3)  # WHEN another instance opens the breaker
 
-    succeed(instance)  # admitted from the cache; its reply says open
+    succeed(instance)  # admitted from the cache, and its reply reports open
 
     # A later decision reads the reply once it has arrived.
     def admitted_until_rejected() -> int:
@@ -585,7 +585,7 @@ def test_success_waits_for_reply_when_pipelining_is_off(
     succeed(instance)
     fail(make_breaker(), 3)
 
-    succeed(instance)  # its reply, read before returning, says open
+    succeed(instance)  # its reply, read before returning, reports open
 
     assert instance.last_seen_state == "open"
     with pytest.raises(BreakerOpenError):

@@ -103,7 +103,7 @@ SLOW = Script(
 
 
 def slow_store(server: EmbeddedRedis) -> RedisStore:
-    """A store on ``server`` that knows SLOW, so EVALSHA runs it at once."""
+    """Return a store on ``server`` where SLOW is loaded, so EVALSHA runs it at once."""
     import redis
 
     raw = redis.Redis.from_url(server.url)
@@ -119,14 +119,14 @@ def test_reply_too_late_is_reported_lost(redis_server: EmbeddedRedis) -> None:
     store.send_script(SLOW, [], [], lambda _reply, error: errors.append(error))
 
     # WHEN a command must wait for the replies before its own (it may time
-    # out too while the script still holds Redis)
+    # out too while the script still blocks Redis)
     with contextlib.suppress(RedisUnavailableError):
         store.get("k")
 
     assert len(errors) == 1
     assert isinstance(errors[0], RedisUnavailableError)
     assert "lost" in str(errors[0])
-    time.sleep(0.5)  # THEN the store answers again on a new connection
+    time.sleep(0.5)  # THEN the store responds again on a new connection
     assert store.ping() is True
     store.close()
 
@@ -168,7 +168,7 @@ def test_stalled_redis_costs_one_timeout(redis_server: EmbeddedRedis) -> None:
 
     # WHEN a command must wait for a reply that does not come in time, it
     # fails with that wait instead of sending itself and waiting again
-    with pytest.raises(RedisUnavailableError, match="did not answer earlier"):
+    with pytest.raises(RedisUnavailableError, match="timed out on earlier commands"):
         store.get("k")
     time.sleep(0.5)
     store.close()

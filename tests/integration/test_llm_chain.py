@@ -142,7 +142,7 @@ def test_rate_limit_opens_breaker_for_retry_after(
 
 
 @pytest.mark.parametrize("retry_after", ["inf", 1e12])
-def test_absurd_retry_after_opens_breaker_for_an_hour_at_most(
+def test_absurd_retry_after_capped_at_hour(
     make_chain, database: Database, llm: LLMControl, retry_after: str | float
 ) -> None:
     # GIVEN the primary returns 429 with a Retry-After no server means
@@ -151,7 +151,7 @@ def test_absurd_retry_after_opens_breaker_for_an_hour_at_most(
 
     result = chain.complete(_request())
 
-    # THEN the fallback answers, and the primary is shut out for an hour at most
+    # THEN the fallback responds, and the primary is shut out for an hour at most
     assert result.provider == "anthropic"
     snapshot = chain.breaker(chain.config.tiers["default"][0]).snapshot()
     if retry_after == "inf":

@@ -113,8 +113,8 @@ class BreakerConfig:
             in memory and sent with this instance's next report, at the
             latest this long after the first one (0 sends each at once).
         pipeline_successes: send the report of a closed-state success without
-            waiting for its reply, which a later call reads; the count reaches
-            the store at once, the state in the reply one call later.
+            waiting for its reply, which a later call reads. The count reaches
+            the store at once, and the state in the reply one call later.
         listener_timeout: time a call waits for transition listeners (audit
             rows, alerts) before it goes on and leaves them running.
     """

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The longest opening open_until sets, the same bound as a parsed Retry-After.
+# Maximum opening that open_until sets, the same bound as a parsed Retry-After.
 MAX_OPEN_UNTIL_S = int(MAX_RETRY_AFTER_S)
 
 # Transition reasons by (previous state, new state).

@@ -37,7 +37,7 @@ MAX_DATA_BYTES = 200_000
 # MAX_REASON_CHARS takes at most 24,000 bytes, because a character can need a
 # 12-byte surrogate-pair escape. With data and source at their maximums, over
 # 20,000 of the 262,144 bytes remain for the ids, the app URL and field names.
-# NOTE: after the approval task the state holds data and the edited data
+# NOTE: after the approval task the state contains data and the edited data
 # together, which can pass 256 KiB when both are near MAX_DATA_BYTES.
 MAX_SOURCE_BYTES = 16_384
 MAX_REASON_CHARS = 2000
