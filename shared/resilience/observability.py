@@ -7,8 +7,10 @@ context. Metrics are CloudWatch Embedded Metric Format lines written by
 decorator.
 
 Settings: ``POWERTOOLS_METRICS_NAMESPACE`` (default ``AgentResilience``),
-``POWERTOOLS_SERVICE_NAME``, ``SENTRY_DSN`` (Sentry is off when unset),
-``ENVIRONMENT`` (Sentry environment, default ``dev``).
+``POWERTOOLS_METRICS_DISABLED`` and ``POWERTOOLS_DEV`` (metrics off, by the
+same rules as Powertools), ``POWERTOOLS_SERVICE_NAME``, ``SENTRY_DSN``
+(Sentry is off when unset), ``ENVIRONMENT`` (Sentry environment, default
+``dev``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 __all__ = [
     "MetricUnit",
@@ -54,7 +57,12 @@ def emit_metric(
     ``single_metric`` would add a ``service`` dimension from
     ``POWERTOOLS_SERVICE_NAME``, so the line is built here. Failures are
     logged, never raised: a metric must not fail the work it describes.
+    ``POWERTOOLS_METRICS_DISABLED`` turns the lines off as it does for
+    Powertools' own metrics, so a command whose output is read by a program
+    (a benchmark's ``--json``) prints nothing else.
     """
+    if is_metrics_disabled():
+        return
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
     document: dict[str, Any] = {
         "_aws": {
