@@ -91,6 +91,10 @@ RETURNING idempotency_key
 # unstarted: its lease ends now and the attempt reserved by the claim is
 # returned. started_at is cleared when the outcome of the call is known and
 # kept when the item is handed back after a call of unknown outcome.
+# The lateral probe finds each row through the unique index. The lease fence
+# sits on the updated row itself: if another worker takes the row over while
+# this statement waits for its lock, PostgreSQL re-checks these conditions on
+# the new version and skips it, where a condition on the probe would pass.
 _COMPLETE = """
 UPDATE batch_item AS b
 SET status = u.status,
@@ -111,11 +115,11 @@ FROM jsonb_to_recordset(%(items)s::jsonb) AS u(
 CROSS JOIN LATERAL (
     SELECT x.id FROM batch_item x
     WHERE x.idempotency_key = u.idempotency_key
-      AND x.lease_owner = %(owner)s
-      AND x.status = 'in_progress'
     LIMIT 1
-) AS owned
-WHERE b.id = owned.id
+) AS found
+WHERE b.id = found.id
+  AND b.lease_owner = %(owner)s
+  AND b.status = 'in_progress'
 RETURNING b.idempotency_key
 """
 
