@@ -72,10 +72,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS batch_item_idempotency_key_key
     ON batch_item (idempotency_key);
 CREATE INDEX IF NOT EXISTS batch_item_batch_id_idx ON batch_item (batch_id);
 -- Completing an item rewrites its row. No index covers status, lease or
--- outcome columns, and each page keeps free space, so PostgreSQL can update
--- the row in place (a HOT update) without touching any index.
+-- outcome columns, and each page keeps half its space free, so PostgreSQL can
+-- put the new version of every row beside the old one (a HOT update) without
+-- touching any index. At 70 only about half of a batch's rows found room.
 DROP INDEX IF EXISTS batch_item_failed_idx;
-ALTER TABLE batch_item SET (fillfactor = 70);
+ALTER TABLE batch_item SET (fillfactor = 50);
 
 -- Partial success: leases, redrive and the side-effect policy. data is kept
 -- so that failed items can be re-sent; started_at is set while a call with
