@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "AgentResilience"
 
+_invalid_switch_logged = False
 _sentry_lock = threading.Lock()
 _sentry_ready = False
 
@@ -61,7 +62,7 @@ def emit_metric(
     Powertools' own metrics, so a command whose output is read by a program
     (a benchmark's ``--json``) prints nothing else.
     """
-    if is_metrics_disabled():
+    if _metrics_disabled():
         return
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
     document: dict[str, Any] = {
@@ -84,6 +85,25 @@ def emit_metric(
         print(line, flush=True)
     except (TypeError, ValueError, OSError):
         logger.warning("metric.emit_failed", extra={"metric": name}, exc_info=True)
+
+
+def _metrics_disabled() -> bool:
+    global _invalid_switch_logged
+    try:
+        return is_metrics_disabled()
+    except ValueError:
+        # A value such as "maybe" must not fail the work a metric describes,
+        # so metrics stay on and the container logs the setting once.
+        if not _invalid_switch_logged:
+            _invalid_switch_logged = True
+            logger.warning(
+                "metric.invalid_switch",
+                extra={
+                    "setting": "POWERTOOLS_METRICS_DISABLED or POWERTOOLS_DEV",
+                    "expected": "true or false",
+                },
+            )
+        return False
 
 
 def init_sentry() -> bool:

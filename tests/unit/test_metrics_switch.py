@@ -17,6 +17,7 @@ from resilience.observability import MetricUnit, emit_metric
         ({"POWERTOOLS_METRICS_DISABLED": "false"}, True),
         ({"POWERTOOLS_DEV": "true"}, False),
         ({"POWERTOOLS_DEV": "true", "POWERTOOLS_METRICS_DISABLED": "false"}, True),
+        ({"POWERTOOLS_METRICS_DISABLED": "maybe"}, True),
     ],
 )
 def test_metric_lines_follow_powertools_switches(
