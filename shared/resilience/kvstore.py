@@ -177,6 +177,11 @@ class _ReplyPipeline:
         self._store = store
         self._connection: Any = None
         self._unread: deque[_UnreadReply] = deque()
+        # SHA1 digests of the scripts sent on this connection. A script's
+        # first send is an EVAL with its source, because an EVALSHA that the
+        # server does not know would run only when its reply is read, which
+        # can be the next invocation or never.
+        self._sent_scripts: set[str] = set()
         # Re-entrant: a reply handler may use the store again.
         self._lock = threading.RLock()
 
@@ -194,10 +199,13 @@ class _ReplyPipeline:
                 if self._connection is None:
                     pool = self._store.client.connection_pool
                     self._connection = pool.get_connection()
+                if script.sha1 not in self._sent_scripts:
+                    command = ["EVAL", script.source, *command[2:]]
                 self._connection.send_packed_command([_encode_command(command)])
             except redis.RedisError as exc:
                 self._break(exc)
                 raise _unavailable(script, exc) from exc
+            self._sent_scripts.add(script.sha1)
             self._unread.append(_UnreadReply(script, command, on_reply))
 
     def collect(self, *, wait: bool) -> None:
@@ -240,8 +248,10 @@ class _ReplyPipeline:
                 reply = connection.read_response()
             except redis.exceptions.NoScriptError:
                 # The server lost its scripts (a restart or SCRIPT FLUSH): run
-                # this one again with EVAL, which also reloads it.
+                # this one again with EVAL, which also reloads it, and send
+                # every script's source again on its next use.
                 self._unread.popleft()
+                self._sent_scripts.clear()
                 try:
                     reply = self._store._evalsha(entry.script, entry.command[2:])
                 except RedisUnavailableError as exc:
@@ -284,6 +294,8 @@ class _ReplyPipeline:
             self._drop_connection()
 
     def _drop_connection(self) -> None:
+        # A new connection may reach a restarted server without the scripts.
+        self._sent_scripts.clear()
         if self._connection is not None:
             self._connection.disconnect()
             self._store.client.connection_pool.release(self._connection)

@@ -152,6 +152,30 @@ def test_sent_script_unknown_to_server_runs_with_eval(redis_url: str) -> None:
     raw.close()
 
 
+def test_first_send_of_script_runs_unread(redis_url: str) -> None:
+    import redis
+
+    store = RedisStore.from_url(redis_url, prefix="kv-first-send:")
+    fresh = Script(
+        f"-- {time.time_ns()}\nreturn redis.call('INCR', KEYS[1])", name="fresh"
+    )
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        store.send_script(fresh, ["counter"], [], Replies())
+
+        # No later call on the store reads the reply, as when a Lambda
+        # invocation ends right after its last success.
+        deadline = time.monotonic() + 2
+        while raw.get("kv-first-send:counter") is None:
+            assert time.monotonic() < deadline, "the script did not run"
+            time.sleep(0.01)
+        assert raw.script_exists(fresh.sha1) == [True]
+    finally:
+        store.close()
+        raw.delete("kv-first-send:counter")
+        raw.close()
+
+
 def test_ping(store: KeyValueStore) -> None:
     assert store.ping() is True
 
