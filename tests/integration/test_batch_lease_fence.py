@@ -35,9 +35,7 @@ def _row_locks_waiting(database: Database) -> int:
     return int(found["n"])
 
 
-def test_completion_waiting_on_takeover_does_not_overwrite_it(
-    database: Database,
-) -> None:
+def test_late_completion_skips_takeover(database: Database) -> None:
     # Each worker has its own connection, as two Lambda instances would.
     old_worker = Database(database.config)
     observer = Database(database.config)

@@ -90,10 +90,11 @@ RETURNING idempotency_key
 # unstarted: its lease ends now and the attempt reserved by the claim is
 # returned. started_at is cleared when the outcome of the call is known and
 # kept when the item is handed back after a call of unknown outcome.
-# The lateral probe finds each row through the unique index. The lease fence
-# sits on the updated row itself: if another worker takes the row over while
-# this statement waits for its lock, PostgreSQL re-checks these conditions on
-# the new version and skips it, where a condition on the probe would pass.
+# The lateral probe finds each row through the unique index. The lease check
+# sits on the updated row itself. When another worker takes the row over
+# while this statement waits for its lock, PostgreSQL re-checks the updated
+# row's conditions on the new version and skips it. It does not re-check
+# conditions on the probe.
 _COMPLETE = """
 UPDATE batch_item AS b
 SET status = u.status,
@@ -240,11 +241,10 @@ class BatchStore:
 
 
 def _json(rows: Sequence[tuple[Any, ...]]) -> str:
-    # One JSON document per statement, each row an array in the order of its
-    # named tuple's fields, which the statement reads by position. The C
-    # encoder of the standard library writes tuples as arrays, which is much
-    # faster than adapting one array per column, and PostgreSQL reads arrays
-    # faster than objects that repeat every field name.
+    # One JSON document per statement, with each row as an array that the
+    # statement reads by position. The standard library's C encoder writes a
+    # tuple as an array, which beats adapting one array per column. Arrays
+    # also parse faster in PostgreSQL than objects that repeat field names.
     return json.dumps(rows, separators=(",", ":"), allow_nan=False)
 
 
