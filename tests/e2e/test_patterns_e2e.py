@@ -262,11 +262,14 @@ def test_escalation_approved_through_form(local_stack: LocalStackHandle) -> None
     )
     assert decided.status_code == 200, decided.text
 
-    # THEN the execution succeeds, having sent the approved data to the
-    # resume queue, and the resume handler records the outcome
+    # THEN the execution succeeds with the decision alone: the approved data
+    # stays in PostgreSQL, and the resume handler reads it from there
     execution = _finished_execution(local_stack, escalation["id"])
     assert execution["status"] == "SUCCEEDED"
-    assert json.loads(execution["output"])["decision"]["data"] == edited
+    decision = json.loads(execution["output"])["decision"]
+    assert decision["decision"] == "approve"
+    assert decision["edited"] is True
+    assert "data" not in decision
 
     # The resume handler stamps resumedAt when it has handed the outcome on,
     # and updates the Slack message.

@@ -17,7 +17,9 @@ from botocore.exceptions import ClientError
 from local.embedded import free_port
 from local.standins import SlackStandIn
 from resilience.db import Database
+from resilience.errors import ValidationError
 from resilience.escalation.models import Decision
+from resilience.escalation.resume import record_outcome
 from resilience.escalation.service import get_service
 from tests.escalation_support import (
     RESUMED,
@@ -598,3 +600,47 @@ def test_page_escapes_data_and_reason(harness: Harness) -> None:
     assert "<script" not in page["body"]
     assert "<img" not in page["body"]
     assert "&lt;/textarea&gt;&lt;script&gt;" in page["body"]
+
+
+def _approved_without_stored_data(harness: Harness, database: Database) -> Any:
+    """Approve, take the resume message, and clear the stored approved data."""
+    started = start_and_notify(harness, source={"pattern": "test"})
+    answer = harness.post_json(
+        started["approvalUrl"], {"decision": "approve", "data": {"refund": 90}}
+    )
+    assert answer["statusCode"] == 200, answer["body"]
+    assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
+    [message] = harness.stack.receive(harness.stack.resume_url)
+    with database.transaction() as connection:
+        connection.execute(
+            "UPDATE escalation_token SET decided_data = NULL WHERE task_run_id = %s",
+            (started["id"],),
+        )
+    return json.loads(message["Body"])
+
+
+def test_resume_takes_data_carried_in_message(
+    harness: Harness, database: Database
+) -> None:
+    # Executions of an earlier state machine sent the data in the message.
+    message = _approved_without_stored_data(harness, database)
+    assert "data" not in message
+
+    outcome, first = record_outcome(
+        get_service(), None, {**message, "data": {"refund": 90}}
+    )
+
+    assert first is True
+    assert outcome.data == {"refund": 90}
+    assert [r.data for r in RESUMED] == [{"refund": 90}]
+
+
+def test_resume_without_approved_data_raises(
+    harness: Harness, database: Database
+) -> None:
+    message = _approved_without_stored_data(harness, database)
+
+    with pytest.raises(ValidationError, match="no approved data is stored"):
+        record_outcome(get_service(), None, message)
+
+    assert RESUMED == []

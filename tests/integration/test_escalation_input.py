@@ -11,6 +11,7 @@ import pytest
 
 from resilience.db import Database
 from tests.escalation_support import (
+    RESUMED,
     Harness,
     LambdaContextStandIn,
     harness_for_test,
@@ -289,6 +290,35 @@ def test_start_fields_at_limits_accepted(harness: Harness) -> None:
     )
     assert len(execution["input"].encode()) <= 262_144
     assert harness.status(started["id"])["status"] == "pending"
+
+
+def _data_near_limit(letter: str) -> dict[str, Any]:
+    # 199,999 bytes of JSON in one string. moto measures the state with ", "
+    # separators, so data with many of them would pass its limit sooner.
+    data = {"text": letter * 199_988}
+    assert len(json.dumps(data, separators=(",", ":"))) == 199_999
+    return data
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["as-sent", "edited"])
+def test_approval_of_data_at_limit_resumes(harness: Harness, edited: bool) -> None:
+    """The state after the approval contains the data once, within 256 KiB."""
+    data = _data_near_limit("a")
+    started = harness.start(
+        {"data": data, "reason": "check", "source": {"pattern": "test"}}
+    )
+    harness.pump_notify()
+    decision: dict[str, Any] = {"decision": "approve"}
+    if edited:
+        decision["data"] = _data_near_limit("b")
+
+    answer = harness.post_json(started["approvalUrl"], decision)
+
+    assert answer["statusCode"] == 200, answer["body"]
+    assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
+    assert len(harness.pump_resume()) == 1
+    assert [r.outcome for r in RESUMED] == ["approved"]
+    assert [r.data for r in RESUMED] == [decision.get("data", data)]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from typing import Any
 
 from resilience.audit import write_audit
 from resilience.errors import ResilienceError, ValidationError
-from resilience.escalation.models import OUTCOMES
+from resilience.escalation.models import OUTCOMES, EscalationRecord
 from resilience.escalation.notifications import outcome_blocks
 from resilience.escalation.service import EscalationService
 from resilience.escalation.slack import SlackClient
@@ -73,12 +73,12 @@ def record_outcome(
 
     first = _store_outcome(service, escalation_id, outcome)
     record = service.get(escalation_id)
-    data = message.get("data") if outcome == "approved" else None
+    data = _approved_data(record, message) if outcome == "approved" else None
     result = EscalationOutcome(
         escalation_id=escalation_id,
         outcome=outcome,
         org_id=record.org_id,
-        data=data if isinstance(data, dict) else None,
+        data=data,
         source=record.source,
         decided_by=record.resolved_by,
         reason=record.decision_reason,
@@ -126,6 +126,24 @@ def record_outcome(
             dedupe_key=resumed_key,
         )
     return result, True
+
+
+def _approved_data(record: EscalationRecord, message: dict[str, Any]) -> dict[str, Any]:
+    """Return the data as approved, which the decision stored in PostgreSQL.
+
+    Messages from executions of an earlier state machine carry the same data
+    themselves.
+    """
+    if record.decided_data is not None:
+        return record.decided_data
+    carried = message.get("data")
+    if isinstance(carried, dict):
+        return carried
+    raise ValidationError(
+        f"escalation {record.id} was approved but no approved data is stored. "
+        "Check escalation_token.decided_data before redriving this message",
+        field="data",
+    )
 
 
 def _store_outcome(

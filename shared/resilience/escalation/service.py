@@ -458,9 +458,9 @@ class EscalationService:
             "channel": decision.channel,
         }
         if decision.kind == "approve":
-            payload["data"] = (
-                decision.data if decision.data is not None else record.data
-            )
+            # The approved data stays in decided_data. In the task output,
+            # Step Functions would keep it beside the original data in the
+            # state, and the two pass its 256 KiB limit from about 128 KB.
             payload["edited"] = (
                 decision.data is not None and decision.data != record.data
             )

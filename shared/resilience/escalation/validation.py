@@ -30,15 +30,14 @@ __all__ = [
     "validate_start",
 ]
 
-# Step Functions limits execution input and task output to 256 KiB; the data
-# travels in both, next to the other fields.
+# Step Functions limits execution input and state to 256 KiB, and the data
+# travels in the input next to the other fields. The edited data does not: it
+# stays in PostgreSQL, and the task output carries only the decision.
 MAX_DATA_BYTES = 200_000
 # source travels in the execution input next to data. A reason of
 # MAX_REASON_CHARS takes at most 24,000 bytes, because a character can need a
 # 12-byte surrogate-pair escape. With data and source at their maximums, over
 # 20,000 of the 262,144 bytes remain for the ids, the app URL and field names.
-# NOTE: after the approval task the state contains data and the edited data
-# together, which can pass 256 KiB when both are near MAX_DATA_BYTES.
 MAX_SOURCE_BYTES = 16_384
 MAX_REASON_CHARS = 2000
 MAX_REQUESTED_BY_CHARS = 256
