@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -141,6 +142,38 @@ def test_redrive_sends_only_failed_items(
     assert processor.calls == {"good": 1, "bad": 2}
     assert main(["redrive", "ops2", "--queue-url", url], client=sqs) == 0
     assert _receive(sqs, url) == []
+
+
+def test_redrive_to_fifo_queue_accepts_any_item_id(
+    app_env: dict[str, str], database: Database, sqs: Any
+) -> None:
+    url = sqs.create_queue(
+        QueueName="batch-items.fifo", Attributes={"FifoQueue": "true"}
+    )["QueueUrl"]
+    item_id = "order " + "x" * 200 + " caf\u00e9 #1"
+    _runner(database, Flaky()).run(
+        [BatchItem("ops-fifo", item_id, {"bad": True, "note": "a, b"}, "flaky")]
+    )
+
+    assert main(["redrive", "ops-fifo", "--queue-url", url], client=sqs) == 0
+
+    received = sqs.receive_message(QueueUrl=url, MessageSystemAttributeNames=["All"])
+    [message] = received["Messages"]
+    # SQS takes 1-128 ASCII letters, digits and punctuation as this id.
+    dedup_id = message["Attributes"]["MessageDeduplicationId"]
+    assert re.fullmatch(r"[!-~]{1,128}", dedup_id), dedup_id
+    assert message["Attributes"]["MessageGroupId"] == "ops-fifo"
+    assert message["Body"] == json.dumps(
+        {
+            "batchId": "ops-fifo",
+            "item": {
+                "id": item_id,
+                "data": {"bad": True, "note": "a, b"},
+                "processor": "flaky",
+            },
+        },
+        separators=(",", ":"),
+    )
 
 
 def test_redrive_needs_queue_url(

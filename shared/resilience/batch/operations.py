@@ -9,6 +9,7 @@ result on its next delivery, so a re-drive never runs a completed item.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -147,16 +148,22 @@ def _send_item(
         item["processor"] = row["processor"]
     message: dict[str, Any] = {
         "QueueUrl": queue_url,
-        "MessageBody": json.dumps({"batchId": batch_id, "item": item}),
+        # Compact, as SQS limits a message to 256 KiB and the item's data was
+        # accepted up to that size.
+        "MessageBody": json.dumps(
+            {"batchId": batch_id, "item": item}, separators=(",", ":")
+        ),
         "MessageAttributes": {"orgId": {"DataType": "String", "StringValue": org_id}},
     }
     if fifo:
-        # One group per batch keeps a batch's items in order; the time in the
+        # One group per batch keeps a batch's items in order. The time in the
         # deduplication id lets a later re-drive of the same item through.
+        # SQS accepts at most 128 ASCII letters, digits and punctuation there,
+        # and an item id may contain any text, so the key is hashed.
+        key = idempotency_key(batch_id, row["item_id"])
+        digest = hashlib.sha256(key.encode()).hexdigest()
         message["MessageGroupId"] = batch_id
-        message["MessageDeduplicationId"] = (
-            f"{idempotency_key(batch_id, row['item_id'])}:{time.time_ns()}"
-        )[-128:]
+        message["MessageDeduplicationId"] = f"{digest}:{time.time_ns()}"
     client.send_message(**message)
 
 
