@@ -104,6 +104,21 @@ def test_redrive_moves_every_message_back(sqs: Any) -> None:
     )
 
 
+def test_redrive_splits_large_messages(sqs: Any) -> None:
+    # Together the five bodies pass the limit of one SendMessageBatch call.
+    url = _url(sqs, "test-batch-items-dlq")
+    for index in range(5):
+        body = {"batchId": "b1", "item": {"id": str(index), "data": "x" * 300_000}}
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+
+    result = redrive(sqs, "batch-items", prefix=PREFIX, wait_time_s=0)
+
+    assert result.moved == 5
+    assert result.failed == 0
+    assert _receive_all(sqs, "test-batch-items-dlq") == []
+    assert len(_receive_all(sqs, "test-batch-items")) == 5
+
+
 def test_redrive_keeps_message_attributes(sqs: Any) -> None:
     _send_dead_letters(sqs, "test-completions-dlq", 1)
 

@@ -47,6 +47,12 @@ QUEUE_NAMES = (
 # SQS returns and accepts at most 10 messages per call.
 _BATCH_SIZE = 10
 
+# SQS limits the whole SendMessageBatch request, bodies and attributes
+# together, to the maximum size of one message. 256 KiB was that maximum for
+# years, so it is the budget per call. A single larger message, which a queue
+# may allow, is sent on its own.
+_BATCH_MAX_BYTES = 262_144
+
 # A received DLQ message stays hidden this long. If the re-drive stops before
 # deleting it, the message reappears in the DLQ after this time.
 _RECEIVE_VISIBILITY_S = 60
@@ -221,6 +227,48 @@ def _move(
     entries = [
         _send_entry(str(index), message, fifo) for index, message in enumerate(messages)
     ]
+    sent = 0
+    for chunk in _chunks_within_request_limit(entries):
+        sent += _send_chunk(client, queue_url, dead_letter_url, messages, chunk)
+    return sent, len(messages) - sent
+
+
+def _chunks_within_request_limit(
+    entries: list[dict[str, Any]],
+) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    chunk_bytes = 0
+    for entry in entries:
+        size = _entry_bytes(entry)
+        if chunk and chunk_bytes + size > _BATCH_MAX_BYTES:
+            yield chunk
+            chunk, chunk_bytes = [], 0
+        chunk.append(entry)
+        chunk_bytes += size
+    if chunk:
+        yield chunk
+
+
+def _entry_bytes(entry: dict[str, Any]) -> int:
+    """Return the size SQS counts for an entry: body, attribute names and values."""
+    size = len(entry["MessageBody"].encode())
+    for name, value in (entry.get("MessageAttributes") or {}).items():
+        size += len(name.encode()) + len(value["DataType"].encode())
+        if "StringValue" in value:
+            size += len(value["StringValue"].encode())
+        if "BinaryValue" in value:
+            size += len(value["BinaryValue"])
+    return size
+
+
+def _send_chunk(
+    client: Any,
+    queue_url: str,
+    dead_letter_url: str,
+    messages: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+) -> int:
+    """Send ``entries`` and delete the accepted ones from the DLQ; return how many."""
     response = client.send_message_batch(QueueUrl=queue_url, Entries=entries)
 
     for failure in response.get("Failed", []):
@@ -244,7 +292,7 @@ def _move(
                 for entry_id in sent_ids
             ],
         )
-    return len(sent_ids), len(messages) - len(sent_ids)
+    return len(sent_ids)
 
 
 def _send_entry(entry_id: str, message: dict[str, Any], fifo: bool) -> dict[str, Any]:
