@@ -73,8 +73,8 @@ def send_reply(record: dict[str, Any], result: dict[str, Any]) -> bool:
             queue_url = client.get_queue_url(QueueName=reply_to)["QueueUrl"]
         client.send_message(
             QueueUrl=queue_url,
-            # Compact, so that the largest accepted data still fits SQS's
-            # 256 KiB: ", " would add a byte per separator.
+            # Compact, so that a reply with the largest accepted data still
+            # fits in 256 KiB: ", " would add a byte per separator.
             MessageBody=json.dumps(result, default=str, separators=(",", ":")),
             MessageAttributes={
                 "inReplyTo": {"DataType": "String", "StringValue": record["messageId"]}

@@ -1,4 +1,4 @@
-"""send_reply writes replies that fit SQS's 256 KiB message limit."""
+"""send_reply writes replies that fit a queue with a 256 KiB message limit."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from moto import mock_aws
 
 from resilience.messaging import send_reply, sqs_client
 
+# SQS's maximum message size for many years, and still a common setting.
 SQS_MAX_MESSAGE_BYTES = 262_144
 
 

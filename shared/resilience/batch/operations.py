@@ -148,8 +148,8 @@ def _send_item(
         item["processor"] = row["processor"]
     message: dict[str, Any] = {
         "QueueUrl": queue_url,
-        # Compact, as SQS limits a message to 256 KiB and the item's data was
-        # accepted up to that size.
+        # Compact, as the item's data was accepted up to the queue's maximum
+        # message size, and ", " would add a byte per separator.
         "MessageBody": json.dumps(
             {"batchId": batch_id, "item": item}, separators=(",", ":")
         ),
