@@ -242,13 +242,16 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def validate_json_value(value: Any, *, field: str = REQUEST_BODY_FIELD) -> None:
+def validate_json_value(
+    value: Any, *, field: str = REQUEST_BODY_FIELD, max_depth: int = MAX_JSON_DEPTH
+) -> None:
     """Reject JSON that would fail later, deep in a store or an HTTP client.
 
     PostgreSQL text and jsonb cannot hold the NUL character, UTF-8 cannot
     encode a lone surrogate (JSON allows both as ``\\u0000`` and
     ``\\ud800``), and very deep nesting exhausts Python's recursion limit
-    when the value is serialised again. The check walks the value without
+    when the value is serialised again, so more than ``max_depth`` levels are
+    rejected (``MAX_JSON_DEPTH`` by default). The check walks the value without
     recursion and names the first offending field, with each key cut by
     :func:`truncate_for_message`.
 
@@ -260,9 +263,9 @@ def validate_json_value(value: Any, *, field: str = REQUEST_BODY_FIELD) -> None:
     pending: list[tuple[Any, str, int]] = [(value, field, 1)]
     while pending:
         current, path, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
+        if depth > max_depth:
             raise ValidationError(
-                f"{path} is nested too deeply: at most {MAX_JSON_DEPTH} levels",
+                f"{path} is nested too deeply: at most {max_depth} levels",
                 field=path,
             )
         if isinstance(current, str):
@@ -282,6 +285,17 @@ def validate_json_value(value: Any, *, field: str = REQUEST_BODY_FIELD) -> None:
         elif isinstance(current, list):
             for index, item in enumerate(current):
                 pending.append((item, f"{path}[{index}]", depth + 1))
+
+
+def storable_text(text: str) -> str:
+    """Return ``text`` with NUL and lone surrogates written as escapes.
+
+    For free text such as an error message, which is stored as it is rather
+    than rejected. PostgreSQL text cannot contain NUL, and UTF-8 cannot
+    encode a lone surrogate.
+    """
+    escaped = text.replace("\x00", "\\x00")
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_text(text: str, path: str) -> None:

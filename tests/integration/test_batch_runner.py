@@ -18,7 +18,7 @@ from resilience.batch import (
     ProcessorRegistry,
 )
 from resilience.db import Database, DatabaseConfig
-from resilience.errors import IdempotencyConflictError
+from resilience.errors import IdempotencyConflictError, PermanentError
 from tests.batch_support import (
     ClockProcessor,
     CountingDatabase,
@@ -472,6 +472,68 @@ def test_unstorable_text_fails_item_alone(
     assert bad.retryable is False
     assert field in (bad.error or "")
     assert processor.calls == {"ok": 1}
+
+
+class Returning:
+    """Returns the output in the item's data, or raises with its ``raise``."""
+
+    name = "returning"
+    side_effects = False
+    takeover_policy = "retry"
+    expected_duration_s = 0.0
+
+    def __init__(self, outputs: dict[str, Any]) -> None:
+        self.outputs = outputs
+
+    def process(self, context: ItemContext) -> Any:
+        output = self.outputs[context.item_id]
+        if isinstance(output, Exception):
+            raise output
+        return output
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"deep": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["a\x00b", {"k": ["\ud800"]}, 10**5000, nested(5000)],
+    ids=["nul", "lone-surrogate", "huge-int", "deep"],
+)
+def test_unstorable_output_fails_item_alone(database: Database, output: Any) -> None:
+    runner = make_runner(database, Returning({"ok": {"v": 1}, "bad": output}))
+
+    run = runner.run(
+        [
+            BatchItem("b22", "ok", {"n": 0}, "returning"),
+            BatchItem("b22", "bad", {"n": 1}, "returning"),
+        ]
+    )
+
+    ok, bad = run.results
+    assert ok.status is ItemStatus.COMPLETED
+    assert row(database, "batch:b22:item:ok")["output"] == {"v": 1}
+    assert bad.status is ItemStatus.FAILED
+    assert bad.reason == "processor_error"
+    assert "cannot be stored" in (bad.error or "")
+    assert row(database, "batch:b22:item:bad")["status"] == "failed"
+
+
+def test_error_text_with_nul_is_stored(database: Database) -> None:
+    failure = PermanentError("downstream said \x00 and \udc80")
+    runner = make_runner(database, Returning({"bad": failure}))
+
+    run = runner.run([BatchItem("b23", "bad", {"n": 1}, "returning")])
+
+    [bad] = run.results
+    assert bad.reason == "processor_error"
+    stored = row(database, "batch:b23:item:bad")["error"]
+    assert stored == "PermanentError: downstream said \\x00 and \\udc80"
+    assert bad.error == stored
 
 
 def test_escaped_nul_text_is_stored(database: Database) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import stamina
 
+from resilience.api import storable_text
 from resilience.batch.config import BatchSettings
 from resilience.batch.models import Reason
 from resilience.batch.processors import ItemContext, Processor
@@ -82,7 +83,8 @@ def classify_error(error: BaseException) -> tuple[Reason, bool]:
 
 
 def _error_text(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
+    # A downstream's message may carry any text, and it is stored.
+    text = storable_text(str(error)) or type(error).__name__
     return f"{type(error).__name__}: {text}"[:1000]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +31,13 @@ from typing import Any
 
 import psycopg
 
-from resilience.api import DEFAULT_ORG_ID, validate_org_id
+from resilience.api import (
+    DEFAULT_ORG_ID,
+    storable_text,
+    truncate_for_message,
+    validate_json_value,
+    validate_org_id,
+)
 from resilience.audit import write_audit
 from resilience.batch.config import BatchSettings, compute_lease_seconds
 from resilience.batch.execution import run_item
@@ -420,13 +426,17 @@ class BatchRunner:
             estimate_s=estimate,
         )
         attempts = w.base_attempts + outcome.calls
-        if outcome.ok and not _is_json(outcome.output):
+        output_error = _unstorable_output(outcome.output) if outcome.ok else None
+        if output_error is not None:
             return ItemResult(
                 w.item,
                 ItemStatus.FAILED,
                 attempts=attempts,
                 reason=str(Reason.PROCESSOR_ERROR),
-                error=f"processor {w.processor.name!r} returned non-JSON output",
+                error=(
+                    f"processor {w.processor.name!r} returned output that cannot "
+                    f"be stored: {output_error}"
+                ),
             )
         if outcome.ok:
             return ItemResult(
@@ -628,14 +638,27 @@ def process_batch(
 # ------------------------------------------------------------ result helpers
 
 
-def _is_json(value: Any) -> bool:
-    if value is None or isinstance(value, str | int | float | bool):
-        return not isinstance(value, float) or math.isfinite(value)
+def _unstorable_output(value: Any) -> str | None:
+    """Return why ``value`` cannot be stored as jsonb, or None when it can.
+
+    The outputs of a run are recorded in one statement, so one output that
+    PostgreSQL rejects would fail the record of every item in the batch.
+    """
+    if value is None or isinstance(value, bool):
+        return None
     try:
+        # json.dumps raises for NaN, for integers of more than 4,300 digits and
+        # for nesting past Python's recursion limit. The walk then finds text
+        # that PostgreSQL cannot store, at any depth the encoder accepted.
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
+        validate_json_value(value, field="output", max_depth=sys.maxsize)
+    except ValidationError as exc:
+        return str(exc)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return (
+            f"it is not JSON ({type(exc).__name__}: {truncate_for_message(str(exc))})"
+        )
+    return None
 
 
 def _with_default_org(item: BatchItem) -> BatchItem:
@@ -827,7 +850,7 @@ def _completion(w: _Work, result: ItemResult) -> Completion:
         success=result.ok,
         attempts=result.attempts,
         reason=result.reason,
-        error=result.error,
+        error=storable_text(result.error) if result.error else result.error,
         retryable=result.retryable if not result.ok else None,
         output=result.output,
         keep_started=keep_started,
