@@ -89,6 +89,18 @@ ALTER TABLE batch_item
     ADD COLUMN IF NOT EXISTS lease_owner text,
     ADD COLUMN IF NOT EXISTS started_at timestamptz,
     ADD COLUMN IF NOT EXISTS completed_at timestamptz;
+-- data keeps the item's JSON text as the runner wrote it (type json, not
+-- jsonb), because jsonb rewrites numbers such as 1e+20 and -0.0. A re-driven
+-- item is sent with this text, and its payload hash must match the stored one.
+DO $$
+BEGIN
+    IF (SELECT data_type FROM information_schema.columns
+        WHERE table_schema = current_schema()
+          AND table_name = 'batch_item' AND column_name = 'data') = 'jsonb' THEN
+        ALTER TABLE batch_item ALTER COLUMN data TYPE json USING data::json;
+    END IF;
+END
+$$;
 -- Every claim and completion updates each index, and batch_item_batch_id_idx
 -- already serves lookups by batch, so this earlier index is removed.
 DROP INDEX IF EXISTS batch_item_org_batch_idx;

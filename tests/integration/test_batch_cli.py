@@ -144,6 +144,27 @@ def test_redrive_sends_only_failed_items(
     assert _receive(sqs, url) == []
 
 
+def test_redriven_numbers_keep_payload_hash(
+    app_env: dict[str, str], database: Database, sqs: Any
+) -> None:
+    # jsonb would store 1e+20 as 100000000000000000000 and -0.0 as 0, and the
+    # re-sent data would then hash differently from the stored payload.
+    url = sqs.create_queue(QueueName="batch-items")["QueueUrl"]
+    processor = Flaky()
+    runner = _runner(database, processor)
+    data = {"bad": True, "big": 1e20, "negative_zero": -0.0, "tiny": 1.5e-7}
+    runner.run([BatchItem("ops-num", "n1", data, "flaky")])
+
+    processor.fixed = True
+    assert main(["redrive", "ops-num", "--queue-url", url], client=sqs) == 0
+    [message] = _receive(sqs, url)
+    record = sqs_record(message["MessageId"], json.loads(message["Body"]))
+    response = process_sqs_event(sqs_event(record), FakeLambdaContext(), runner=runner)
+
+    assert response == {"batchItemFailures": []}
+    assert processor.calls == {"n1": 2}
+
+
 def test_redrive_to_fifo_queue_accepts_any_item_id(
     app_env: dict[str, str], database: Database, sqs: Any
 ) -> None:

@@ -25,7 +25,9 @@ __all__ = ["BatchStore", "ClaimRequest", "ClaimRow", "Completion"]
 
 logger = logging.getLogger(__name__)
 
-# The claim. ON CONFLICT takes over a row only when the payload hash matches
+# The claim. The rows are read as json, not jsonb, so that each item's data
+# is stored as the exact text written here (see batch_item.data in
+# schema.sql). ON CONFLICT takes over a row only when the payload hash matches
 # and the row is free: a retryable failure, or in progress with an expired
 # lease. Rows are inserted in key order so that concurrent claims of
 # overlapping batches take row locks in the same order and rarely deadlock.
@@ -36,9 +38,10 @@ logger = logging.getLogger(__name__)
 _CLAIM = """
 WITH input AS (
     SELECT e->>0 AS batch_id, e->>1 AS item_id, e->>2 AS idempotency_key,
-        e->>3 AS payload_hash, nullif(e->4, 'null') AS data,
+        e->>3 AS payload_hash,
+        CASE WHEN json_typeof(e->4) <> 'null' THEN e->4 END AS data,
         e->>5 AS processor, e->>6 AS org_id
-    FROM jsonb_array_elements(%(items)s::jsonb) AS e
+    FROM json_array_elements(%(items)s::json) AS e
 ),
 claimed AS (
     INSERT INTO batch_item AS b (
