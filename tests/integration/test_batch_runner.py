@@ -619,3 +619,50 @@ def test_absent_org_id_is_default(database: Database, org_id: Any) -> None:
             "SELECT org_id FROM audit_log WHERE pattern = 'batch' AND task_id = 'b24'"
         ).fetchall()
     assert [a["org_id"] for a in audited] == ["default"]
+
+
+def test_fifo_group_stops_after_item_failed_before_running(
+    database: Database,
+) -> None:
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    run = runner.run(
+        [
+            BatchItem("f1", None, {"n": 0}, "recording", group_id="g1"),
+            BatchItem("f1", "x2", {"n": 1}, "recording", group_id="g1"),
+            BatchItem("f1", "y1", {"n": 2}, "recording", group_id="g2"),
+        ],
+        fifo=True,
+    )
+
+    missing, later, other = run.results
+    assert missing.reason == "missing item id"
+    assert later.status is ItemStatus.NOT_STARTED
+    assert later.reason == "group_failed"
+    assert other.status is ItemStatus.COMPLETED
+    assert processor.calls == {"y1": 1}
+
+
+def test_fifo_group_waits_for_item_held_elsewhere(database: Database) -> None:
+    # GIVEN x1 of group g1 claimed by a worker that died mid-item
+    killer = make_runner(database, Recording(kill={"x1"}))
+    with pytest.raises(Killed):
+        killer.run([BatchItem("f2", "x1", {"n": 0}, "recording", group_id="g1")])
+
+    # WHEN the group arrives again before that lease ends
+    processor = Recording()
+    run = make_runner(database, processor).run(
+        [
+            BatchItem("f2", "x1", {"n": 0}, "recording", group_id="g1"),
+            BatchItem("f2", "x2", {"n": 1}, "recording", group_id="g1"),
+        ],
+        fifo=True,
+    )
+
+    # THEN neither runs: x2 must not overtake x1
+    held, later = run.results
+    assert held.reason == "in_progress_elsewhere"
+    assert later.status is ItemStatus.NOT_STARTED
+    assert later.reason == "group_failed"
+    assert processor.calls == {}

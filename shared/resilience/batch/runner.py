@@ -344,11 +344,16 @@ class BatchRunner:
         bulk: list[Completion] = []
         bulk_work: list[_Work] = []
         failed_groups: set[str] = set()
+        # Items that failed before this step (invalid, a stored final failure,
+        # a lease held elsewhere) also stop the later items of their group.
+        first_failure = _first_failure_by_group(results) if fifo else {}
         observed_s: dict[str, float] = {}
 
         for w in work:
             group = w.item.group_id if fifo else None
-            if group is not None and group in failed_groups:
+            if group is not None and (
+                group in failed_groups or w.index > first_failure.get(group, w.index)
+            ):
                 result = _not_started(w, Reason.GROUP_FAILED)
             else:
                 estimate = max(
@@ -636,6 +641,16 @@ def process_batch(
 
 
 # ------------------------------------------------------------ result helpers
+
+
+def _first_failure_by_group(results: list[ItemResult | None]) -> dict[str, int]:
+    """Return the index of each message group's first failed result so far."""
+    first: dict[str, int] = {}
+    for index, result in enumerate(results):
+        group = result.item.group_id if result is not None else None
+        if group is not None and result is not None and not result.ok:
+            first.setdefault(group, index)
+    return first
 
 
 def _unstorable_output(value: Any) -> str | None:
