@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from resilience.db import Database
+from resilience.escalation.validation import state_bytes
 from tests.escalation_support import (
     RESUMED,
     Harness,
@@ -270,10 +271,8 @@ def test_oversized_start_field_is_400(
 def test_start_fields_at_limits_accepted(harness: Harness) -> None:
     """The largest accepted fields still fit the 256 KiB execution input."""
     source = {"pattern": "test", "note": ""}
-    source["note"] = "x" * (16_384 - len(json.dumps(source, separators=(",", ":"))))
-    # Many separators: json.dumps with its default ", " would add 100 KB.
-    data = {"n": [0] * 99_996}
-    assert len(json.dumps(data, separators=(",", ":"))) == 199_999
+    source["note"] = "x" * (16_384 - state_bytes(source))
+    data = _list_near_limit(0)
 
     started = harness.start(
         {
@@ -292,25 +291,50 @@ def test_start_fields_at_limits_accepted(harness: Harness) -> None:
     assert harness.status(started["id"])["status"] == "pending"
 
 
-def _data_near_limit(letter: str) -> dict[str, Any]:
-    # 199,999 bytes of JSON in one string. moto measures the state with ", "
-    # separators, so data with many of them would pass its limit sooner.
-    data = {"text": letter * 199_988}
-    assert len(json.dumps(data, separators=(",", ":"))) == 199_999
+def test_data_over_limit_with_spaces_is_400(harness: Harness) -> None:
+    data = {"n": [0] * 33_332, "m": [0] * 33_331}
+    assert len(json.dumps(data, separators=(",", ":"))) < 140_000
+    assert state_bytes(data) > 200_000
+
+    error = harness.start({"data": data, "reason": "check"}, expect=400)
+
+    assert error["field"] == "data"
+    assert "the maximum is 200000" in error["message"]
+
+
+def _string_near_limit(letter: str) -> dict[str, Any]:
+    data = {"text": letter * 199_987}
+    assert state_bytes(data) == 199_999
     return data
 
 
+def _list_near_limit(value: int) -> dict[str, Any]:
+    # Many separators: its compact JSON is a third smaller.
+    data = {"n": [value] * 66_664}
+    assert state_bytes(data) == 199_999
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "edited_data"),
+    [
+        (_string_near_limit("a"), _string_near_limit("b")),
+        (_list_near_limit(0), _list_near_limit(1)),
+    ],
+    ids=["string", "list"],
+)
 @pytest.mark.parametrize("edited", [False, True], ids=["as-sent", "edited"])
-def test_approval_of_data_at_limit_resumes(harness: Harness, edited: bool) -> None:
+def test_approval_of_data_at_limit_resumes(
+    harness: Harness, data: dict[str, Any], edited_data: dict[str, Any], edited: bool
+) -> None:
     """The state after the approval contains the data once, within 256 KiB."""
-    data = _data_near_limit("a")
     started = harness.start(
         {"data": data, "reason": "check", "source": {"pattern": "test"}}
     )
     harness.pump_notify()
     decision: dict[str, Any] = {"decision": "approve"}
     if edited:
-        decision["data"] = _data_near_limit("b")
+        decision["data"] = edited_data
 
     answer = harness.post_json(started["approvalUrl"], decision)
 
@@ -318,7 +342,7 @@ def test_approval_of_data_at_limit_resumes(harness: Harness, edited: bool) -> No
     assert harness.stack.execution_status(started["id"]) == "SUCCEEDED"
     assert len(harness.pump_resume()) == 1
     assert [r.outcome for r in RESUMED] == ["approved"]
-    assert [r.data for r in RESUMED] == [decision.get("data", data)]
+    assert [r.data for r in RESUMED] == [edited_data if edited else data]
 
 
 @pytest.mark.parametrize(
