@@ -155,12 +155,23 @@ def build_http_event(
         event["pathParameters"] = path_parameters
     if body:
         content_type = merged.get("content-type", "")
-        if _TEXT_TYPES.match(content_type):
-            event["body"] = body.decode("utf-8", errors="replace")
+        text = _utf8_or_none(body) if _TEXT_TYPES.match(content_type) else None
+        if text is not None:
+            event["body"] = text
         else:
+            # Binary types, and text that is not UTF-8, reach the function as
+            # the bytes sent, so that it rejects bad text instead of storing
+            # U+FFFD in its place.
             event["body"] = base64.b64encode(body).decode("ascii")
             event["isBase64Encoded"] = True
     return event
+
+
+def _utf8_or_none(body: bytes) -> str | None:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _http_response(invocation: Invocation) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -187,6 +187,25 @@ def test_http_event_keeps_json_as_text() -> None:
     assert "queryStringParameters" not in event
 
 
+def test_http_event_keeps_bytes_of_invalid_json_text() -> None:
+    body = b'{"batchId": "caf\xe9"}'
+    event = build_http_event(
+        route=HttpRoute("F", "Create", "POST", "/batches"),
+        path_parameters={},
+        method="POST",
+        raw_path="/batches",
+        raw_query="",
+        headers=[("content-type", "application/json")],
+        body=body,
+        source_ip="127.0.0.1",
+        domain_name="127.0.0.1:3000",
+        request_id="req-3",
+    )
+
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == body
+
+
 def test_sqs_record_shape() -> None:
     message = {
         "MessageId": "m1",
