@@ -25,7 +25,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.shared.functions import strtobool
 
 __all__ = [
     "MetricUnit",
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "AgentResilience"
 
-_invalid_switch_logged = False
+_invalid_switches_logged: set[str] = set()
 _sentry_lock = threading.Lock()
 _sentry_ready = False
 
@@ -88,22 +88,37 @@ def emit_metric(
 
 
 def _metrics_disabled() -> bool:
-    global _invalid_switch_logged
+    """Apply Powertools' rules: an explicit switch wins, else POWERTOOLS_DEV."""
+    explicit = _env_switch("POWERTOOLS_METRICS_DISABLED")
+    if explicit is not None:
+        return explicit
+    return _env_switch("POWERTOOLS_DEV") is True
+
+
+def _env_switch(name: str) -> bool | None:
+    """Return a true/false setting, or None when it is unset, empty or invalid.
+
+    Powertools raises ValueError for a value such as "maybe", which must not
+    fail the work a metric describes, so it counts as unset and the container
+    logs it once.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
     try:
-        return is_metrics_disabled()
+        return strtobool(raw)
     except ValueError:
-        # A value such as "maybe" must not fail the work a metric describes,
-        # so metrics stay on and the container logs the setting once.
-        if not _invalid_switch_logged:
-            _invalid_switch_logged = True
+        if name not in _invalid_switches_logged:
+            _invalid_switches_logged.add(name)
             logger.warning(
                 "metric.invalid_switch",
                 extra={
-                    "setting": "POWERTOOLS_METRICS_DISABLED or POWERTOOLS_DEV",
-                    "expected": "true or false",
+                    "setting": name,
+                    "value": raw[:32],
+                    "expected": "true or false (also 1/0, yes/no, on/off)",
                 },
             )
-        return False
+        return None
 
 
 def init_sentry() -> bool:

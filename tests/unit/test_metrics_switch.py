@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from resilience import observability
 from resilience.observability import MetricUnit, emit_metric
 
 
@@ -18,6 +19,9 @@ from resilience.observability import MetricUnit, emit_metric
         ({"POWERTOOLS_DEV": "true"}, False),
         ({"POWERTOOLS_DEV": "true", "POWERTOOLS_METRICS_DISABLED": "false"}, True),
         ({"POWERTOOLS_METRICS_DISABLED": "maybe"}, True),
+        ({"POWERTOOLS_METRICS_DISABLED": ""}, True),
+        ({"POWERTOOLS_DEV": "maybe", "POWERTOOLS_METRICS_DISABLED": "true"}, False),
+        ({"POWERTOOLS_DEV": "true", "POWERTOOLS_METRICS_DISABLED": "maybe"}, False),
     ],
 )
 def test_metric_lines_follow_powertools_switches(
@@ -39,3 +43,22 @@ def test_metric_lines_follow_powertools_switches(
         assert line["BatchFailureRate"] == 12.5
     else:
         assert out == ""
+
+
+def test_invalid_switch_logged_once_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(observability, "_invalid_switches_logged", set())
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    monkeypatch.setenv("POWERTOOLS_DEV", "sometimes")
+
+    emit_metric("BatchFailureRate", 1.0, MetricUnit.Percent)
+    emit_metric("BatchFailureRate", 2.0, MetricUnit.Percent)
+
+    warnings = [r for r in caplog.records if r.getMessage() == "metric.invalid_switch"]
+    assert len(warnings) == 1
+    assert warnings[0].setting == "POWERTOOLS_DEV"  # type: ignore[attr-defined]
+    assert warnings[0].value == "sometimes"  # type: ignore[attr-defined]
+    assert len(capsys.readouterr().out.splitlines()) == 2
