@@ -40,6 +40,7 @@ from resilience.api import (
     error_response,
     json_body,
     json_response,
+    json_type_name,
     parse_json_object,
     reject_unknown_fields,
     serve_http_or_sqs,
@@ -84,7 +85,7 @@ def parse_call(body: Any) -> dict[str, Any]:
     """Validate a call request and return the arguments of call_service."""
     if not isinstance(body, dict):
         raise ValidationError(
-            f"the call must be a JSON object, got {type(body).__name__}", field="body"
+            f"the call must be a JSON object, got {json_type_name(body)}", field="body"
         )
     reject_unknown_fields(body, CALL_FIELDS)
     service = body.get("service")
@@ -95,7 +96,7 @@ def parse_call(body: Any) -> dict[str, Any]:
     if not isinstance(service, str):
         raise ValidationError(
             f"service must be a string naming a registered service, got "
-            f"{type(service).__name__} {truncate_for_message(repr(service))}",
+            f"{json_type_name(service)}",
             field="service",
         )
     path = body.get("path")

@@ -29,6 +29,7 @@ from resilience.api import (
     error_response,
     json_body,
     json_response,
+    json_type_name,
     org_id_from_http_event,
     reject_unknown_fields,
 )
@@ -76,14 +77,16 @@ def parse_items(
         if not isinstance(item, dict):
             raise ValidationError(
                 f"items[{index}] must be an object with id and data, "
-                f"got {type(item).__name__}",
+                f"got {json_type_name(item)}",
                 field=f"items[{index}]",
             )
         reject_unknown_fields(item, ITEM_FIELDS, prefix=f"items[{index}].")
         processor = item.get("processor")
         if processor is not None and not isinstance(processor, str):
             raise ValidationError(
-                f"items[{index}].processor must be a processor name",
+                f"items[{index}].processor must be a string naming a processor, "
+                f"got {json_type_name(processor)}: send a name such as "
+                '"echo", "service" or "llm", or leave it out for the default',
                 field=f"items[{index}].processor",
             )
         item_id = item.get("id")

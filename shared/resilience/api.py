@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -194,17 +195,18 @@ def parse_json_object(
         ) from None
     except UnicodeDecodeError:
         raise ValidationError(f"{field} is not valid UTF-8", field=field) from None
-    except ValueError as exc:
+    except ValueError:
         # Python refuses to convert integers longer than its digit limit
         # (sys.get_int_max_str_digits, 4,300 by default).
         raise ValidationError(
-            f"{field} contains an integer that is too long ({exc}): "
-            "send very long numbers as strings",
+            f"{field} contains an integer of more than "
+            f"{sys.get_int_max_str_digits()} digits: send very long numbers as "
+            "strings",
             field=field,
         ) from None
     if not isinstance(value, dict):
         raise ValidationError(
-            f"{field} must be a JSON object, got {type(value).__name__}",
+            f"{field} must be a JSON object, got {json_type_name(value)}",
             field=field,
         )
     validate_json_value(value, field=field)
@@ -285,6 +287,23 @@ def validate_json_value(
         elif isinstance(current, list):
             for index, item in enumerate(current):
                 pending.append((item, f"{path}[{index}]", depth + 1))
+
+
+def json_type_name(value: Any) -> str:
+    """Return the JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
 
 
 def storable_text(text: str) -> str:

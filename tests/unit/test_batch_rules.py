@@ -139,9 +139,27 @@ def test_settings_reject_bad_json(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------ keys and hashes
 
 
-@pytest.mark.parametrize("raw", [None, "", "   ", 7, ["i1"], "x" * 513])
-def test_missing_or_bad_item_id_rejected(raw: object) -> None:
+@pytest.mark.parametrize("raw", [None, "", "   "])
+def test_missing_item_id_is_none(raw: object) -> None:
     assert validate_item_id(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (7, "id must be a string, got 7"),
+        (True, "id must be a string, got true"),
+        (["i1"], 'id must be a string, got ["i1"]'),
+        ("x" * 513, "id has 513 characters; the maximum is 512"),
+    ],
+    ids=["number", "boolean", "list", "too-long"],
+)
+def test_invalid_item_id_raises(raw: object, expected: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_item_id(raw)
+
+    assert expected in str(caught.value)
+    assert caught.value.field == "id"
 
 
 @pytest.mark.parametrize("raw", ["a\x00b", "\ud800", "ok\udfff"])

@@ -131,21 +131,41 @@ def validate_batch_id(raw: object) -> str:
 
 
 def validate_item_id(raw: object) -> str | None:
-    """Return the item id, or None when it is missing, empty, blank or not text.
+    """Return the item id, or None when it is missing, empty or blank.
 
     None means the item is rejected on its own with reason ``missing item id``.
     Such an item never gets a key, so it can never share one with another item.
 
     Raises:
-        ValidationError: the id contains a NUL character, which PostgreSQL
-            cannot store, or a lone surrogate, which UTF-8 cannot encode.
+        ValidationError: the id is not a string, is longer than
+            ``MAX_ITEM_ID_LENGTH``, or contains a NUL character, which
+            PostgreSQL cannot store, or a lone surrogate, which UTF-8 cannot
+            encode.
     """
-    if not isinstance(raw, str) or not raw.strip():
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
+    if not isinstance(raw, str):
+        raise ValidationError(
+            f"id must be a string, got {json_text(raw)}: send the id as text, "
+            'such as "42"',
+            field="id",
+        )
     if len(raw) > MAX_ITEM_ID_LENGTH:
-        return None
+        raise ValidationError(
+            f"id has {len(raw)} characters; the maximum is {MAX_ITEM_ID_LENGTH}",
+            field="id",
+        )
     validate_json_value(raw, field="id")
     return raw
+
+
+def json_text(value: object) -> str:
+    """Return ``value`` as a client wrote it in JSON, cut for an error message."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return truncate_for_message(text)
 
 
 def idempotency_key(batch_id: str, item_id: str) -> str:

@@ -47,6 +47,7 @@ from resilience.batch.models import (
     ItemStatus,
     Reason,
     idempotency_key,
+    json_text,
     payload_hash,
     validate_batch_id,
     validate_item_id,
@@ -712,8 +713,8 @@ def _cached_org_batch_error(
 
 def _id_error(item: BatchItem) -> str:
     return (
-        f"item id must be a non-empty string of at most 512 characters, "
-        f"got {item.item_id!r}: give every item its own id"
+        f"item id is missing or empty, got {json_text(item.item_id)}: give "
+        "every item its own id"
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resilience.api import (
+    json_type_name,
     parse_json_object,
     truncate_for_message,
     validate_json_value,
@@ -139,7 +140,7 @@ def validate_data(data: Any, *, field: str) -> dict[str, Any]:
     """Return ``data`` when it is a storable JSON object within the size limit."""
     if not isinstance(data, dict):
         raise ValidationError(
-            f"{field} must be a JSON object, got {type(data).__name__}", field=field
+            f"{field} must be a JSON object, got {json_type_name(data)}", field=field
         )
     validate_json_value(data, field=field)
     size = state_bytes(data)

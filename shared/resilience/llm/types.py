@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from resilience.api import truncate_for_message, validate_org_id
+from resilience.api import json_type_name, truncate_for_message, validate_org_id
 from resilience.errors import ValidationError
 
 __all__ = [
@@ -184,7 +184,7 @@ def _finite_float(value: object, name: str, description: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError(
-            f"{name} must be {description}, got {type(value).__name__}",
+            f"{name} must be {description}, got {json_type_name(value)}",
             field=name,
         )
     try:
