@@ -38,7 +38,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,6 +72,8 @@ DEFAULT_TIMEOUT_MS = 200
 
 # Replies the Redis store leaves unread before it waits for all of them.
 MAX_UNREAD_REPLIES = 64
+# At most this many keys are named when replies are lost.
+MAX_LOGGED_KEYS = 5
 
 # Receives the reply of a script sent with send_script, or the error that
 # stood in its way (then the reply is None).
@@ -290,7 +292,9 @@ class _ReplyPipeline:
         except redis.RedisError:
             closed = True
         if closed:
-            logger.info("kvstore.pipeline_reconnect")
+            logger.info(
+                "kvstore.pipeline_reconnect", extra={"prefix": self._store.prefix}
+            )
             self._drop_connection()
 
     def _drop_connection(self) -> None:
@@ -309,6 +313,9 @@ class _ReplyPipeline:
                 "kvstore.replies_lost",
                 extra={
                     "unread": len(unread),
+                    "scripts": sorted({entry.script.name for entry in unread}),
+                    # The breakers whose reports are lost, named by their keys.
+                    "keys": _first_keys(unread)[:MAX_LOGGED_KEYS],
                     "error": f"{type(error).__name__}: {error}",
                 },
             )
@@ -317,6 +324,12 @@ class _ReplyPipeline:
         )
         for entry in unread:
             _deliver(entry.on_reply, None, wrapped)
+
+
+def _first_keys(entries: Iterable[_UnreadReply]) -> list[str]:
+    # EVAL and EVALSHA commands: name, script, number of keys, keys, arguments.
+    keys = {str(e.command[3]) for e in entries if int(e.command[2]) > 0}
+    return sorted(keys)
 
 
 def _unavailable(script: Script, error: Exception) -> RedisUnavailableError:

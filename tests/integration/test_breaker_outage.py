@@ -157,6 +157,11 @@ def test_lost_success_reply_turns_into_policy(
     assert capsys.readouterr().out.count('"BreakerStoreUnavailable": 1') == 2
     lost = [r for r in caplog.records if r.getMessage() == "kvstore.replies_lost"]
     assert len(lost) == 1
+    # The slow script and three successes, and the first call's success
+    # when its reply had not been read yet.
+    assert lost[0].unread in (4, 5)  # type: ignore[attr-defined]
+    assert lost[0].keys == [store.prefix + "breaker:reply-lost"]  # type: ignore[attr-defined]
+    assert lost[0].scripts == ["breaker_report", "slow"]  # type: ignore[attr-defined]
     assert breaker.last_seen_state == "closed"  # the in-memory breaker decides
     store.close()
 
