@@ -197,6 +197,32 @@ def test_redrive_to_fifo_queue_accepts_any_item_id(
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["redrive", "no-such-batch"], "batch 'no-such-batch' not found"),
+        (["redrive", "ops-known", "--item", "nope"], "item 'nope' not found"),
+    ],
+    ids=["batch", "item"],
+)
+def test_redrive_of_unknown_target_exits_3(
+    app_env: dict[str, str],
+    database: Database,
+    sqs: Any,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    expected: str,
+) -> None:
+    url = sqs.create_queue(QueueName="batch-items")["QueueUrl"]
+    _runner(database, Flaky()).run([BatchItem("ops-known", "a", {}, "flaky")])
+
+    status = main([*args, "--queue-url", url], client=sqs)
+
+    assert status == 3
+    assert expected in capsys.readouterr().err
+    assert _receive(sqs, url) == []
+
+
 def test_redrive_needs_queue_url(
     app_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,

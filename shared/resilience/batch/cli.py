@@ -13,8 +13,8 @@ PostgreSQL comes from ``DATABASE_URL`` (or ``DATABASE_URL_SECRET``); SQS from
 the usual AWS settings (``AWS_ENDPOINT_URL`` for the local stack).
 
 Exit status: 0 on success, 1 when PostgreSQL or SQS cannot be reached, 2 for
-invalid arguments, 3 when ``failed`` finds failed items or ``show`` an
-unknown batch.
+invalid arguments, 3 when ``failed`` finds failed items, or ``show`` or
+``redrive`` an unknown batch or item.
 """
 
 from __future__ import annotations
@@ -151,8 +151,25 @@ def _run(args: argparse.Namespace, client: Any) -> int:
         item_id=args.item,
         actor=args.actor or getpass.getuser(),
     )
+    if not sent:
+        _check_redrive_target(batch_id, args.org, args.item)
     _print({"batchId": batch_id, "redriven": sent, "queueUrl": args.queue_url})
     return 0
+
+
+def _check_redrive_target(batch_id: str, org_id: str, item_id: str | None) -> None:
+    """Raise NotFoundError when nothing was sent because the target is unknown.
+
+    A batch or item that exists and has no failed item is not an error:
+    re-driving completed work does nothing.
+    """
+    summary = stored_summary(get_database(), batch_id, org_id=org_id)
+    if item_id is not None and all(r["id"] != item_id for r in summary["results"]):
+        raise NotFoundError(
+            f"item {item_id!r} not found in batch {batch_id!r}: check the id "
+            "with the 'show' command",
+            resource="item",
+        )
 
 
 def _print(value: Any) -> None:
