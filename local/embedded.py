@@ -203,6 +203,9 @@ class EmbeddedPostgres(_ServerProcess):
     def _prepare_data_dir(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return
+        # pgserver's permission check walks up from the directory and fails
+        # on one that does not exist yet.
+        self._root.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
             from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
 

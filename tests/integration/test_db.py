@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -105,3 +107,12 @@ def test_sql_errors_keep_connection(database: Database) -> None:
 
     with database.transaction() as connection:
         assert connection.execute("SELECT 3 AS three").fetchone() == {"three": 3}
+
+
+def test_embedded_postgres_creates_missing_data_dir(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(data_dir=str(tmp_path / "new" / "pg")).start()
+    try:
+        with psycopg.connect(server.url) as connection:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.close()
