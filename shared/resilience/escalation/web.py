@@ -76,6 +76,14 @@ class ApprovalRequest:
         return self.headers.get("x-forwarded-proto", "https") == "https"
 
 
+# The audit reason of a decision refused because of its link.
+_LINK_REFUSALS: dict[type[Exception], str] = {
+    ForbiddenError: "invalid_link",
+    NotFoundError: "not_found",
+    GoneError: "link_expired",
+}
+
+
 class _FormEncodingError(ValidationError):
     """A form field name or value is not valid UTF-8 after percent-decoding."""
 
@@ -103,7 +111,7 @@ def handle_approval(
                 actor=request.query.get("approver"),
                 channel="link",
                 decision=None,
-                why=type(exc).__name__,
+                why=_LINK_REFUSALS[type(exc)],
             )
         return _link_error(request, exc)
 
