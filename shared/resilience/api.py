@@ -89,7 +89,7 @@ def validate_org_id(raw: object, *, field: str = "orgId") -> str:
     if not isinstance(raw, str) or not _ORG_ID_PATTERN.fullmatch(raw):
         raise ValidationError(
             f"{field} must be 1-64 characters of letters, digits, '_', '.', ':' "
-            f"or '-', got {raw!r}",
+            f"or '-', got {json_text(raw)}",
             field=field,
         )
     return raw
@@ -278,6 +278,12 @@ def validate_json_value(
             )
         elif isinstance(current, dict):
             for key, item in current.items():
+                if not isinstance(key, str):
+                    raise ValidationError(
+                        f"{path} has a key that is not a string "
+                        f"({json_type_name(key)}): JSON object keys are strings",
+                        field=path,
+                    )
                 _check_text(key, f"{path} key {key[:40]!r}")
                 name = truncate_for_message(key)
                 if depth == 1 and field == REQUEST_BODY_FIELD:
@@ -287,6 +293,15 @@ def validate_json_value(
         elif isinstance(current, list):
             for index, item in enumerate(current):
                 pending.append((item, f"{path}[{index}]", depth + 1))
+
+
+def json_text(value: object) -> str:
+    """Return ``value`` as a client wrote it in JSON, cut for an error message."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        text = json_type_name(value)
+    return truncate_for_message(text)
 
 
 def json_type_name(value: Any) -> str:

@@ -501,8 +501,8 @@ def nested(depth: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "output",
-    ["a\x00b", {"k": ["\ud800"]}, 10**5000, nested(5000)],
-    ids=["nul", "lone-surrogate", "huge-int", "deep"],
+    ["a\x00b", {"k": ["\ud800"]}, 10**5000, nested(600), nested(5000), {1: "a"}],
+    ids=["nul", "lone-surrogate", "huge-int", "deep", "deeper", "number-key"],
 )
 def test_unstorable_output_fails_item_alone(database: Database, output: Any) -> None:
     runner = make_runner(database, Returning({"ok": {"v": 1}, "bad": output}))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ import psycopg
 
 from resilience.api import (
     DEFAULT_ORG_ID,
+    json_text,
     storable_text,
     truncate_for_message,
     validate_json_value,
@@ -47,7 +47,6 @@ from resilience.batch.models import (
     ItemStatus,
     Reason,
     idempotency_key,
-    json_text,
     payload_hash,
     validate_batch_id,
     validate_item_id,
@@ -69,6 +68,12 @@ __all__ = ["BatchRun", "BatchRunner", "process_batch"]
 logger = logging.getLogger(__name__)
 
 _CLAIM_DEADLOCK_RETRIES = 3
+
+# Deepest processor output that is stored. Python's JSON encoder and decoder
+# fail at about 1,500 levels on CPython 3.12, and at fewer when they are
+# called deep in a stack, as when the outputs are encoded inside the
+# completion statement's rows or read back for GET /batches.
+MAX_OUTPUT_DEPTH = 512
 
 # Escalation type of take-overs whose processor names none. When
 # ESCALATION_TYPES lists types, it must list this one too.
@@ -663,11 +668,11 @@ def _unstorable_output(value: Any) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        # json.dumps raises for NaN, for integers of more than 4,300 digits and
-        # for nesting past Python's recursion limit. The walk then finds text
-        # that PostgreSQL cannot store, at any depth the encoder accepted.
+        # The walk comes first: it finds text that PostgreSQL cannot store and
+        # nesting too deep to be written and read back at any stack depth.
+        # json.dumps then raises for NaN and integers of over 4,300 digits.
+        validate_json_value(value, field="output", max_depth=MAX_OUTPUT_DEPTH)
         json.dumps(value, allow_nan=False)
-        validate_json_value(value, field="output", max_depth=sys.maxsize)
     except ValidationError as exc:
         return str(exc)
     except (TypeError, ValueError, RecursionError) as exc:
