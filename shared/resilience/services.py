@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 import stamina
 
-from resilience.api import truncate_for_message
+from resilience.api import json_text, truncate_for_message
 from resilience.breaker import BreakerConfig, Permit, get_breaker
 from resilience.errors import (
     BreakerOpenError,
@@ -517,10 +517,8 @@ def _client_side_error(
 
 
 def _quote(value: object) -> str:
-    """Quote a caller's value for an error message, cut by truncate_for_message."""
-    if isinstance(value, str):
-        return repr(truncate_for_message(value))
-    return truncate_for_message(repr(value))
+    """Quote a caller's value for an error message as JSON writes it."""
+    return json_text(value)
 
 
 def _remaining(deadline: float | None) -> float | None:

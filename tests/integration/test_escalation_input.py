@@ -147,6 +147,27 @@ def test_form_value_not_utf8_is_400(
     assert harness.stack.execution_status(started["id"], wait_s=0) == "RUNNING"
 
 
+def test_json_decision_not_utf8_is_400(harness: Harness, database: Database) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+    body = b'{"decision": "reject", "reason": "r\xe9"}'
+
+    response = harness.call(
+        http_event(
+            "POST",
+            started["approvalUrl"],
+            body=body,
+            headers={"content-type": "application/json"},
+            base64_body=True,
+        )
+    )
+
+    assert response["statusCode"] == 400, response["body"]
+    assert "body is not valid UTF-8" in json.loads(response["body"])["message"]
+    assert harness.status(started["id"])["status"] == "pending"
+    assert outbox_rows(database) == 0
+
+
 def test_form_name_not_utf8_is_400(harness: Harness, database: Database) -> None:
     started = harness.start({"data": {"a": 1}, "reason": "check"})
     harness.pump_notify()
@@ -184,7 +205,7 @@ SHORT_NAME = "x" * 64 + "…"
         (
             {"decision": "z" * 100_000},
             422,
-            "decision must be &#x27;approve&#x27; or &#x27;reject&#x27;, got &#x27;"
+            "decision must be &quot;approve&quot; or &quot;reject&quot;, got &quot;"
             + "z" * 63
             + "…",
         ),

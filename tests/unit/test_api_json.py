@@ -8,10 +8,12 @@ import pytest
 
 from resilience.api import (
     MAX_JSON_DEPTH,
+    json_text,
     parse_json_object,
     reject_unknown_fields,
     validate_json_value,
 )
+from resilience.batch.models import validate_batch_id
 from resilience.errors import ValidationError
 
 
@@ -137,3 +139,25 @@ def test_rejects_repeated_key(raw: str) -> None:
     with pytest.raises(ValidationError, match="sent more than once") as caught:
         parse_json_object(raw)
     assert caught.value.field in ("path", "a")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "null"),
+        (True, "true"),
+        (["approve"], '["approve"]'),
+        ({"a": None}, '{"a": null}'),
+        ("caf\u00e9", '"caf\u00e9"'),
+        ({1, 2}, "set"),
+    ],
+)
+def test_json_text_quotes_values_as_json(value: object, expected: str) -> None:
+    assert json_text(value) == expected
+
+
+def test_batch_id_message_names_json_value() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_batch_id(None)
+
+    assert str(caught.value).endswith("got null")

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from resilience.api import (
     MAX_JSON_DEPTH,
-    truncate_for_message,
+    json_text,
     validate_json_value,
 )
 from resilience.errors import ValidationError
@@ -124,7 +124,7 @@ def validate_batch_id(raw: object) -> str:
     if not isinstance(raw, str) or not _BATCH_ID_PATTERN.fullmatch(raw):
         raise ValidationError(
             f"batchId must be 1-{MAX_BATCH_ID_LENGTH} characters of letters, "
-            f"digits, '_', '.' or '-', got {truncate_for_message(repr(raw))}",
+            f"digits, '_', '.' or '-', got {json_text(raw)}",
             field="batchId",
         )
     return raw
@@ -157,15 +157,6 @@ def validate_item_id(raw: object) -> str | None:
         )
     validate_json_value(raw, field="id")
     return raw
-
-
-def json_text(value: object) -> str:
-    """Return ``value`` as a client wrote it in JSON, cut for an error message."""
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        text = type(value).__name__
-    return truncate_for_message(text)
 
 
 def idempotency_key(batch_id: str, item_id: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resilience.api import (
+    json_text,
     json_type_name,
     parse_json_object,
     truncate_for_message,
@@ -293,8 +294,7 @@ def parse_decision(body: dict[str, Any], *, original: dict[str, Any]) -> Decisio
     decision = body.get("decision")
     if decision not in ("approve", "reject"):
         raise ValidationError(
-            "decision must be 'approve' or 'reject', got "
-            f"{truncate_for_message(repr(decision))}",
+            f'decision must be "approve" or "reject", got {json_text(decision)}',
             field="decision",
         )
 

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from resilience.api import json_type_name, truncate_for_message, validate_org_id
+from resilience.api import (
+    json_text,
+    json_type_name,
+    truncate_for_message,
+    validate_org_id,
+)
 from resilience.errors import ValidationError
 
 __all__ = [
@@ -90,7 +95,7 @@ class CompletionRequest:
         messages = self.normalized_messages()
         if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool):
             raise ValidationError(
-                f"maxTokens must be an integer, got {self.max_tokens!r}",
+                f"maxTokens must be an integer, got {json_text(self.max_tokens)}",
                 field="maxTokens",
             )
         if not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
@@ -142,7 +147,8 @@ class CompletionRequest:
                 raise ValidationError(f"{where} must be an object", field=where)
             if message.get("role") not in ROLES:
                 raise ValidationError(
-                    f"{where}.role must be one of {ROLES}, got {message.get('role')!r}",
+                    f"{where}.role must be one of {ROLES}, got "
+                    f"{json_text(message.get('role'))}",
                     field=f"{where}.role",
                 )
             content = message.get("content")
