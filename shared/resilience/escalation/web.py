@@ -84,8 +84,8 @@ _LINK_REFUSALS: dict[type[Exception], str] = {
 }
 
 
-class _FormEncodingError(ValidationError):
-    """A form field name or value is not valid UTF-8 after percent-decoding."""
+class _EncodingError(ValidationError):
+    """The body, or a form field name or value in it, is not valid UTF-8."""
 
 
 @dataclass
@@ -174,7 +174,7 @@ def _decide(
         data_text = typed if isinstance(typed, str) and typed else None
         # Bytes that are not UTF-8 make the request malformed (400). A body
         # that decodes but breaks a rule of the decision is 422.
-        status = 400 if isinstance(exc, _FormEncodingError) else 422
+        status = 400 if isinstance(exc, _EncodingError) else 422
         return _invalid_body(service, request, record, claims, exc, data_text, status)
 
     decision = Decision(
@@ -242,6 +242,13 @@ def _result_page(request: ApprovalRequest, result: DecisionResult) -> PageRespon
 
 def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
     if request.wants_json:
+        try:
+            request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _EncodingError(
+                "body is not valid UTF-8: send the decision as JSON encoded in UTF-8",
+                field="body",
+            ) from None
         return parse_json_object(request.body or b"null", field="body")
     fields = _decode_form(request.body)
     validate_json_value(fields, field="body")
@@ -255,7 +262,7 @@ def _decode_form(body: bytes) -> dict[str, str]:
     may occur once.
 
     Raises:
-        _FormEncodingError: a name or value is not valid UTF-8. The error
+        _EncodingError: a name or value is not valid UTF-8. The error
             names the field, so nothing is stored with U+FFFD in its place.
         ValidationError: a field occurs more than once, so the decision the
             approver meant is unknown (``decision=reject&decision=approve``).
@@ -274,7 +281,7 @@ def _decode_form(body: bytes) -> dict[str, str]:
             escaped_name = truncate_for_message(
                 name_bytes.decode("utf-8", "backslashreplace")
             )
-            raise _FormEncodingError(
+            raise _EncodingError(
                 f"the form field name '{escaped_name}' is not valid UTF-8: send "
                 "field names as UTF-8 text",
                 field=escaped_name,
@@ -290,7 +297,7 @@ def _decode_form(body: bytes) -> dict[str, str]:
             fields[name] = raw_value.encode("latin-1").decode("utf-8")
         except UnicodeDecodeError:
             shown_name = truncate_for_message(name)
-            raise _FormEncodingError(
+            raise _EncodingError(
                 f"{shown_name} must be UTF-8 text, but the form sent bytes that "
                 "are not valid UTF-8: enter the text again and resubmit the form",
                 field=shown_name,
