@@ -173,6 +173,25 @@ def test_claim_with_zero_time_has_finite_lease(database: Database) -> None:
     assert again.results[0].attempts == 2
 
 
+def test_rejected_items_logged_once_per_run(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = make_runner(database, Recording())
+
+    runner.run(items("b30", "ok", None, 7, "x" * 600))
+
+    [line] = [r for r in caplog.records if r.getMessage() == "batch.items_rejected"]
+    assert line.count == 3  # type: ignore[attr-defined]
+    named = line.items  # type: ignore[attr-defined]
+    assert [entry["item_id"] for entry in named[:2]] == ["null", "7"]
+    assert [entry["reason"] for entry in named] == [
+        "missing item id",
+        "invalid_item",
+        "invalid_item",
+    ]
+    assert "id must be a string" in named[1]["error"]
+
+
 def test_missing_ids_rejected_one_by_one(database: Database) -> None:
     """Null, absent and empty ids fail on their own and share no key."""
     processor = Recording()

@@ -32,6 +32,7 @@ import psycopg
 
 from resilience.api import (
     DEFAULT_ORG_ID,
+    bound_message,
     json_text,
     storable_text,
     truncate_for_message,
@@ -74,6 +75,9 @@ _CLAIM_DEADLOCK_RETRIES = 3
 # called deep in a stack, as when the outputs are encoded inside the
 # completion statement's rows or read back for GET /batches.
 MAX_OUTPUT_DEPTH = 512
+
+# Items named in the one log line of a run's invalid items.
+MAX_LOGGED_REJECTIONS = 5
 
 # Escalation type of take-overs whose processor names none. When
 # ESCALATION_TYPES lists types, it must list this one too.
@@ -255,6 +259,7 @@ class BatchRunner:
             if entry.duplicate_of is entry:
                 entry.duplicate_of = None
             work.append(entry)
+        _log_rejected(results)
         return work
 
     def _claim_and_execute(
@@ -647,6 +652,29 @@ def process_batch(
 
 
 # ------------------------------------------------------------ result helpers
+
+
+def _log_rejected(results: list[ItemResult | None]) -> None:
+    """Log the items that failed validation: one line per run, a few named."""
+    rejected = [result for result in results if result is not None]
+    if not rejected:
+        return
+    logger.warning(
+        "batch.items_rejected",
+        extra={
+            "count": len(rejected),
+            "items": [
+                {
+                    "batch_id": json_text(result.item.batch_id),
+                    "item_id": json_text(result.item.item_id),
+                    "message_id": result.item.message_id,
+                    "reason": result.reason,
+                    "error": bound_message(result.error or ""),
+                }
+                for result in rejected[:MAX_LOGGED_REJECTIONS]
+            ],
+        },
+    )
 
 
 def _first_failure_by_group(results: list[ItemResult | None]) -> dict[str, int]:
