@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,29 +168,8 @@ def test_http_event_shape_for_form_post() -> None:
     assert event["requestContext"]["requestId"] == "req-1"
 
 
-def test_http_event_keeps_json_as_text() -> None:
-    event = build_http_event(
-        route=HttpRoute("F", "Create", "POST", "/batches"),
-        path_parameters={},
-        method="POST",
-        raw_path="/batches",
-        raw_query="",
-        headers=[("content-type", "application/json")],
-        body=b'{"batchId": "b1"}',
-        source_ip="127.0.0.1",
-        domain_name="127.0.0.1:3000",
-        request_id="req-2",
-    )
-
-    assert event["isBase64Encoded"] is False
-    assert json.loads(event["body"]) == {"batchId": "b1"}
-    assert "pathParameters" not in event
-    assert "queryStringParameters" not in event
-
-
-def test_http_event_keeps_bytes_of_invalid_json_text() -> None:
-    body = b'{"batchId": "caf\xe9"}'
-    event = build_http_event(
+def _json_post_event(body: bytes) -> dict[str, Any]:
+    return build_http_event(
         route=HttpRoute("F", "Create", "POST", "/batches"),
         path_parameters={},
         method="POST",
@@ -199,8 +179,22 @@ def test_http_event_keeps_bytes_of_invalid_json_text() -> None:
         body=body,
         source_ip="127.0.0.1",
         domain_name="127.0.0.1:3000",
-        request_id="req-3",
+        request_id="req-2",
     )
+
+
+def test_http_event_keeps_json_as_text() -> None:
+    event = _json_post_event(b'{"batchId": "b1"}')
+
+    assert event["isBase64Encoded"] is False
+    assert json.loads(event["body"]) == {"batchId": "b1"}
+    assert "pathParameters" not in event
+    assert "queryStringParameters" not in event
+
+
+def test_http_event_keeps_bytes_of_invalid_json_text() -> None:
+    body = b'{"batchId": "caf\xe9"}'
+    event = _json_post_event(body)
 
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"]) == body
