@@ -71,9 +71,9 @@ logger = logging.getLogger(__name__)
 _CLAIM_DEADLOCK_RETRIES = 3
 
 # Deepest processor output that is stored. Python's JSON encoder and decoder
-# fail at about 1,500 levels on CPython 3.12, and at fewer when they are
-# called deep in a stack, as when the outputs are encoded inside the
-# completion statement's rows or read back for GET /batches.
+# fail at about 1,500 levels on CPython 3.12. They fail sooner when called
+# deep in a stack: the completion statement encodes each output inside its
+# row, and GET /batches decodes it again.
 MAX_OUTPUT_DEPTH = 512
 
 # Items named in the one log line of a run's invalid items.
