@@ -290,7 +290,9 @@ def validate_json_value(
                     pending.append((item, name, depth + 1))
                 else:
                     pending.append((item, f"{path}.{name}", depth + 1))
-        elif isinstance(current, list):
+        elif isinstance(current, list | tuple):
+            # json.dumps writes a tuple as an array, so a processor output
+            # may contain tuples.
             for index, item in enumerate(current):
                 pending.append((item, f"{path}[{index}]", depth + 1))
 

@@ -518,10 +518,25 @@ def nested(depth: int) -> dict[str, Any]:
     return value
 
 
+def nested_tuple(depth: int) -> tuple[Any, ...]:
+    value: tuple[Any, ...] = ()
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
 @pytest.mark.parametrize(
     "output",
-    ["a\x00b", {"k": ["\ud800"]}, 10**5000, nested(600), nested(5000), {1: "a"}],
-    ids=["nul", "lone-surrogate", "huge-int", "deep", "deeper", "number-key"],
+    [
+        "a\x00b",
+        {"k": ["\ud800"]},
+        10**5000,
+        nested(600),
+        nested(5000),
+        nested_tuple(1490),
+        {1: "a"},
+    ],
+    ids=["nul", "lone-surrogate", "huge-int", "deep", "deeper", "tuples", "number-key"],
 )
 def test_unstorable_output_fails_item_alone(database: Database, output: Any) -> None:
     runner = make_runner(database, Returning({"ok": {"v": 1}, "bad": output}))
@@ -539,6 +554,7 @@ def test_unstorable_output_fails_item_alone(database: Database, output: Any) -> 
     assert bad.status is ItemStatus.FAILED
     assert bad.reason == "processor_error"
     assert "cannot be stored" in (bad.error or "")
+    assert len(bad.error or "") <= 700
     assert row(database, "batch:b22:item:bad")["status"] == "failed"
 
 

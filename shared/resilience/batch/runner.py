@@ -702,7 +702,8 @@ def _unstorable_output(value: Any) -> str | None:
         validate_json_value(value, field="output", max_depth=MAX_OUTPUT_DEPTH)
         json.dumps(value, allow_nan=False)
     except ValidationError as exc:
-        return str(exc)
+        # The path of a deep value can run to thousands of characters.
+        return bound_message(str(exc))
     except (TypeError, ValueError, RecursionError) as exc:
         return (
             f"it is not JSON ({type(exc).__name__}: {truncate_for_message(str(exc))})"
