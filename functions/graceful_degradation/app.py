@@ -39,6 +39,7 @@ from resilience.api import (
     error_response,
     json_body,
     json_response,
+    json_text,
     org_id_from_http_event,
     parse_json_object,
     serve_http_or_sqs,
@@ -141,7 +142,7 @@ def _check_type(
     wrong_bool = isinstance(value, bool) and kind is not bool
     if key in values and (wrong_bool or not isinstance(value, kind)):
         raise ValidationError(
-            f"{field} must be {description}, got {value!r}", field=field
+            f"{field} must be {description}, got {json_text(value)}", field=field
         )
 
 

@@ -164,6 +164,25 @@ def test_bad_input_names_the_field(
     assert llm.requests() == []
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"prompt": "hi", "maxTokens": True}, "got true"),
+        ({"prompt": "hi", "temperature": "0.5"}, 'got "0.5"'),
+        ({"prompt": "hi", "deadlineS": {"a": None}}, 'got {"a": null}'),
+    ],
+)
+def test_bad_value_quoted_as_json(
+    handler: ModuleType, llm: LLMControl, body: dict[str, Any], expected: str
+) -> None:
+    event = with_body(load_event("post_completion.json"), body)
+
+    response = _invoke(handler, event, "lambda-bad")
+
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"])["message"].endswith(expected)
+
+
 def test_sqs_huge_number_rejected_once(
     handler: ModuleType, llm: LLMControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
