@@ -168,6 +168,23 @@ def test_json_decision_not_utf8_is_400(harness: Harness, database: Database) -> 
     assert outbox_rows(database) == 0
 
 
+def test_json_media_type_is_case_insensitive(harness: Harness) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.call(
+        http_event(
+            "POST",
+            started["approvalUrl"],
+            body=json.dumps({"decision": "reject", "reason": "no"}),
+            headers={"content-type": "Application/JSON"},
+        )
+    )
+
+    assert response["statusCode"] == 200, response["body"]
+    assert harness.status(started["id"])["status"] == "rejected"
+
+
 def test_form_name_not_utf8_is_400(harness: Harness, database: Database) -> None:
     started = harness.start({"data": {"a": 1}, "reason": "check"})
     harness.pump_notify()

@@ -69,7 +69,8 @@ class ApprovalRequest:
     @property
     def wants_json(self) -> bool:
         content_type = self.headers.get("content-type", "")
-        return content_type.split(";")[0].strip() == "application/json"
+        # Media types are case-insensitive (RFC 9110, section 8.3.1).
+        return content_type.split(";")[0].strip().lower() == "application/json"
 
     @property
     def secure(self) -> bool:
