@@ -168,6 +168,24 @@ def test_json_decision_not_utf8_is_400(harness: Harness, database: Database) -> 
     assert outbox_rows(database) == 0
 
 
+def test_empty_json_decision_is_400(harness: Harness) -> None:
+    started = harness.start({"data": {"a": 1}, "reason": "check"})
+    harness.pump_notify()
+
+    response = harness.call(
+        http_event(
+            "POST",
+            started["approvalUrl"],
+            body="",
+            headers={"content-type": "application/json"},
+        )
+    )
+
+    assert response["statusCode"] == 400, response["body"]
+    assert "body is missing" in json.loads(response["body"])["message"]
+    assert harness.status(started["id"])["status"] == "pending"
+
+
 def test_json_media_type_is_case_insensitive(harness: Harness) -> None:
     started = harness.start({"data": {"a": 1}, "reason": "check"})
     harness.pump_notify()

@@ -85,8 +85,8 @@ _LINK_REFUSALS: dict[type[Exception], str] = {
 }
 
 
-class _EncodingError(ValidationError):
-    """The body, or a form field name or value in it, is not valid UTF-8."""
+class _UnreadableBodyError(ValidationError):
+    """The body is empty or not UTF-8, or a form field in it is not UTF-8."""
 
 
 @dataclass
@@ -175,7 +175,7 @@ def _decide(
         data_text = typed if isinstance(typed, str) and typed else None
         # Bytes that are not UTF-8 make the request malformed (400). A body
         # that decodes but breaks a rule of the decision is 422.
-        status = 400 if isinstance(exc, _EncodingError) else 422
+        status = 400 if isinstance(exc, _UnreadableBodyError) else 422
         return _invalid_body(service, request, record, claims, exc, data_text, status)
 
     decision = Decision(
@@ -243,14 +243,19 @@ def _result_page(request: ApprovalRequest, result: DecisionResult) -> PageRespon
 
 def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
     if request.wants_json:
+        if not request.body.strip():
+            raise _UnreadableBodyError(
+                'body is missing: send a JSON object such as {"decision": "approve"}',
+                field="body",
+            )
         try:
             request.body.decode("utf-8")
         except UnicodeDecodeError:
-            raise _EncodingError(
+            raise _UnreadableBodyError(
                 "body is not valid UTF-8: send the decision as JSON encoded in UTF-8",
                 field="body",
             ) from None
-        return parse_json_object(request.body or b"null", field="body")
+        return parse_json_object(request.body, field="body")
     fields = _decode_form(request.body)
     validate_json_value(fields, field="body")
     return fields
@@ -263,7 +268,7 @@ def _decode_form(body: bytes) -> dict[str, str]:
     may occur once.
 
     Raises:
-        _EncodingError: a name or value is not valid UTF-8. The error
+        _UnreadableBodyError: a name or value is not valid UTF-8. The error
             names the field, so nothing is stored with U+FFFD in its place.
         ValidationError: a field occurs more than once, so the decision the
             approver meant is unknown (``decision=reject&decision=approve``).
@@ -282,7 +287,7 @@ def _decode_form(body: bytes) -> dict[str, str]:
             escaped_name = truncate_for_message(
                 name_bytes.decode("utf-8", "backslashreplace")
             )
-            raise _EncodingError(
+            raise _UnreadableBodyError(
                 f"the form field name '{escaped_name}' is not valid UTF-8: send "
                 "field names as UTF-8 text",
                 field=escaped_name,
@@ -298,7 +303,7 @@ def _decode_form(body: bytes) -> dict[str, str]:
             fields[name] = raw_value.encode("latin-1").decode("utf-8")
         except UnicodeDecodeError:
             shown_name = truncate_for_message(name)
-            raise _EncodingError(
+            raise _UnreadableBodyError(
                 f"{shown_name} must be UTF-8 text, but the form sent bytes that "
                 "are not valid UTF-8: enter the text again and resubmit the form",
                 field=shown_name,
