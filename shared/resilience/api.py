@@ -262,39 +262,85 @@ def validate_json_value(
     ``items[2].id``, which is how the handlers' own checks name fields.
     The members of any other field get it as a prefix, such as ``data.a``.
     """
-    pending: list[tuple[Any, str, int]] = [(value, field, 1)]
+    # Each pending value carries its parent container's index in ``parents``
+    # and its own key or index. A path is built only for an error: a string
+    # per element would cost memory in proportion to depth times width.
+    parents: list[tuple[int, str | int | None]] = []
+    pending: list[tuple[Any, int, str | int | None, int]] = [(value, -1, None, 1)]
     while pending:
-        current, path, depth = pending.pop()
+        current, parent, segment, depth = pending.pop()
         if depth > max_depth:
+            path = _json_path(field, parents, parent, segment)
             raise ValidationError(
                 f"{path} is nested too deeply: at most {max_depth} levels",
                 field=path,
             )
         if isinstance(current, str):
-            _check_text(current, path)
+            problem = _text_problem(current)
+            if problem is not None:
+                path = _json_path(field, parents, parent, segment)
+                raise ValidationError(f"{path} {problem}", field=path)
         elif isinstance(current, float) and not math.isfinite(current):
+            path = _json_path(field, parents, parent, segment)
             raise ValidationError(
                 f"{path} is {current}, which is not a finite number", field=path
             )
         elif isinstance(current, dict):
+            parents.append((parent, segment))
+            container = len(parents) - 1
             for key, item in current.items():
-                if not isinstance(key, str):
-                    raise ValidationError(
-                        f"{path} has a key that is not a string "
-                        f"({json_type_name(key)}): JSON object keys are strings",
-                        field=path,
-                    )
-                _check_text(key, f"{path} key {key[:40]!r}")
-                name = truncate_for_message(key)
-                if depth == 1 and field == REQUEST_BODY_FIELD:
-                    pending.append((item, name, depth + 1))
-                else:
-                    pending.append((item, f"{path}.{name}", depth + 1))
+                _check_key(key, field, parents, container)
+                pending.append((item, container, key, depth + 1))
         elif isinstance(current, list | tuple):
             # json.dumps writes a tuple as an array, so a processor output
             # may contain tuples.
+            parents.append((parent, segment))
+            container = len(parents) - 1
             for index, item in enumerate(current):
-                pending.append((item, f"{path}[{index}]", depth + 1))
+                pending.append((item, container, index, depth + 1))
+
+
+def _check_key(
+    key: object, field: str, parents: list[tuple[int, str | int | None]], node: int
+) -> None:
+    if not isinstance(key, str):
+        path = _json_path(field, parents, *parents[node])
+        raise ValidationError(
+            f"{path} has a key that is not a string "
+            f"({json_type_name(key)}): JSON object keys are strings",
+            field=path,
+        )
+    problem = _text_problem(key)
+    if problem is not None:
+        path = f"{_json_path(field, parents, *parents[node])} key {key[:40]!r}"
+        raise ValidationError(f"{path} {problem}", field=path)
+
+
+def _json_path(
+    field: str,
+    parents: list[tuple[int, str | int | None]],
+    parent: int,
+    segment: str | int | None,
+) -> str:
+    """Name a value by the keys and indexes leading to it, such as ``data.a[2]``.
+
+    The members of a request body (``field="body"``) are named without the
+    prefix, as the client sent them.
+    """
+    segments: list[str | int] = [] if segment is None else [segment]
+    while parent >= 0:
+        parent, up = parents[parent]
+        if up is not None:
+            segments.append(up)
+    path = field
+    for position, step in enumerate(reversed(segments)):
+        if isinstance(step, int):
+            path += f"[{step}]"
+        elif position == 0 and field == REQUEST_BODY_FIELD:
+            path = truncate_for_message(step)
+        else:
+            path += f".{truncate_for_message(step)}"
+    return path
 
 
 def json_text(value: object) -> str:
@@ -334,21 +380,18 @@ def storable_text(text: str) -> str:
     return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _check_text(text: str, path: str) -> None:
+def _text_problem(text: str) -> str | None:
+    """Return why ``text`` cannot be stored, or None when it can."""
     if "\x00" in text:
-        raise ValidationError(
-            f"{path} contains the NUL character (\\u0000), which cannot be "
-            "stored: remove it",
-            field=path,
-        )
+        return "contains the NUL character (\\u0000), which cannot be stored: remove it"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValidationError(
-            f"{path} contains a lone UTF-16 surrogate, which is not valid "
-            "Unicode: send the character as a surrogate pair or as UTF-8",
-            field=path,
-        ) from None
+        return (
+            "contains a lone UTF-16 surrogate, which is not valid Unicode: send "
+            "the character as a surrogate pair or as UTF-8"
+        )
+    return None
 
 
 def json_response(

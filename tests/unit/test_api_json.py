@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -161,3 +163,29 @@ def test_batch_id_message_names_json_value() -> None:
         validate_batch_id(None)
 
     assert str(caught.value).endswith("got null")
+
+
+def test_wide_deep_value_checked_in_little_memory() -> None:
+    # A path string per element would take 100,000 x 60 levels x 66 bytes.
+    value: Any = [0] * 100_000
+    for _ in range(60):
+        value = {"k" * 64: value}
+
+    tracemalloc.start()
+    try:
+        validate_json_value(value, field="output")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 50 * 1024 * 1024
+
+
+def test_error_path_names_keys_and_indexes() -> None:
+    value = {"items": [{"id": "ok"}, {"id": "a\x00"}]}
+
+    with pytest.raises(ValidationError) as caught:
+        validate_json_value(value)
+
+    assert caught.value.field == "items[1].id"
+    assert str(caught.value).startswith("items[1].id contains the NUL character")
