@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import stamina
 
+from resilience.api import MAX_MESSAGE_CHARS
 from resilience.batch import (
     BatchItem,
     BatchRunner,
@@ -554,7 +555,7 @@ def test_unstorable_output_fails_item_alone(database: Database, output: Any) -> 
     assert bad.status is ItemStatus.FAILED
     assert bad.reason == "processor_error"
     assert "cannot be stored" in (bad.error or "")
-    assert len(bad.error or "") <= 700
+    assert len(bad.error or "") <= MAX_MESSAGE_CHARS + len(" … ")
     assert row(database, "batch:b22:item:bad")["status"] == "failed"
 
 

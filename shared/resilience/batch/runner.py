@@ -449,7 +449,7 @@ class BatchRunner:
                 ItemStatus.FAILED,
                 attempts=attempts,
                 reason=str(Reason.PROCESSOR_ERROR),
-                error=(
+                error=bound_message(
                     f"processor {w.processor.name!r} returned output that cannot "
                     f"be stored: {output_error}"
                 ),
@@ -702,8 +702,7 @@ def _unstorable_output(value: Any) -> str | None:
         validate_json_value(value, field="output", max_depth=MAX_OUTPUT_DEPTH)
         json.dumps(value, allow_nan=False)
     except ValidationError as exc:
-        # The path of a deep value can run to thousands of characters.
-        return bound_message(str(exc))
+        return str(exc)
     except (TypeError, ValueError, RecursionError) as exc:
         return (
             f"it is not JSON ({type(exc).__name__}: {truncate_for_message(str(exc))})"
