@@ -77,8 +77,8 @@ class ApprovalRequest:
         return self.headers.get("x-forwarded-proto", "https") == "https"
 
 
-# The audit reason of a decision refused because of its link.
-_LINK_REFUSALS: dict[type[Exception], str] = {
+# The audit reason of a decision rejected because of its link.
+_LINK_REJECTION_REASONS: dict[type[Exception], str] = {
     ForbiddenError: "invalid_link",
     NotFoundError: "not_found",
     GoneError: "link_expired",
@@ -112,7 +112,7 @@ def handle_approval(
                 actor=request.query.get("approver"),
                 channel="link",
                 decision=None,
-                why=_LINK_REFUSALS[type(exc)],
+                why=_LINK_REJECTION_REASONS[type(exc)],
             )
         return _link_error(request, exc)
 
@@ -243,19 +243,19 @@ def _result_page(request: ApprovalRequest, result: DecisionResult) -> PageRespon
 
 def _parse_body(request: ApprovalRequest) -> dict[str, Any]:
     if request.wants_json:
-        if not request.body.strip():
-            raise _UnreadableBodyError(
-                'body is missing: send a JSON object such as {"decision": "approve"}',
-                field="body",
-            )
         try:
-            request.body.decode("utf-8")
+            text = request.body.decode("utf-8")
         except UnicodeDecodeError:
             raise _UnreadableBodyError(
                 "body is not valid UTF-8: send the decision as JSON encoded in UTF-8",
                 field="body",
             ) from None
-        return parse_json_object(request.body, field="body")
+        if not text.strip():
+            raise _UnreadableBodyError(
+                'body is missing: send a JSON object such as {"decision": "approve"}',
+                field="body",
+            )
+        return parse_json_object(text, field="body")
     fields = _decode_form(request.body)
     validate_json_value(fields, field="body")
     return fields
