@@ -681,9 +681,8 @@ def _first_failure_by_group(results: list[ItemResult | None]) -> dict[str, int]:
     """Return the index of each message group's first failed result so far."""
     first: dict[str, int] = {}
     for index, result in enumerate(results):
-        group = result.item.group_id if result is not None else None
-        if group is not None and result is not None and not result.ok:
-            first.setdefault(group, index)
+        if result is not None and not result.ok and result.item.group_id is not None:
+            first.setdefault(result.item.group_id, index)
     return first
 
 
@@ -703,7 +702,7 @@ def _unstorable_output(value: Any) -> str | None:
         json.dumps(value, allow_nan=False)
     except ValidationError as exc:
         return str(exc)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except (TypeError, ValueError) as exc:
         return (
             f"it is not JSON ({type(exc).__name__}: {truncate_for_message(str(exc))})"
         )
