@@ -697,8 +697,8 @@ def test_fifo_group_waits_for_item_held_elsewhere(database: Database) -> None:
     )
 
     # THEN neither runs: x2 must not overtake x1
-    held, later = run.results
-    assert held.reason == "in_progress_elsewhere"
+    leased_elsewhere, later = run.results
+    assert leased_elsewhere.reason == "in_progress_elsewhere"
     assert later.status is ItemStatus.NOT_STARTED
     assert later.reason == "group_failed"
     assert processor.calls == {}

@@ -147,20 +147,28 @@ def test_form_value_not_utf8_is_400(
     assert harness.stack.execution_status(started["id"], wait_s=0) == "RUNNING"
 
 
-def test_json_decision_not_utf8_is_400(harness: Harness, database: Database) -> None:
+def _post_json_decision(
+    harness: Harness, body: bytes, content_type: str = "application/json"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start an escalation and POST ``body`` to its link; return both answers."""
     started = harness.start({"data": {"a": 1}, "reason": "check"})
     harness.pump_notify()
-    body = b'{"decision": "reject", "reason": "r\xe9"}'
-
     response = harness.call(
         http_event(
             "POST",
             started["approvalUrl"],
             body=body,
-            headers={"content-type": "application/json"},
+            headers={"content-type": content_type},
             base64_body=True,
         )
     )
+    return started, response
+
+
+def test_json_decision_not_utf8_is_400(harness: Harness, database: Database) -> None:
+    body = b'{"decision": "reject", "reason": "r\xe9"}'
+
+    started, response = _post_json_decision(harness, body)
 
     assert response["statusCode"] == 400, response["body"]
     assert "body is not valid UTF-8" in json.loads(response["body"])["message"]
@@ -169,17 +177,7 @@ def test_json_decision_not_utf8_is_400(harness: Harness, database: Database) -> 
 
 
 def test_empty_json_decision_is_400(harness: Harness) -> None:
-    started = harness.start({"data": {"a": 1}, "reason": "check"})
-    harness.pump_notify()
-
-    response = harness.call(
-        http_event(
-            "POST",
-            started["approvalUrl"],
-            body="",
-            headers={"content-type": "application/json"},
-        )
-    )
+    started, response = _post_json_decision(harness, b"")
 
     assert response["statusCode"] == 400, response["body"]
     assert "body is missing" in json.loads(response["body"])["message"]
@@ -187,17 +185,9 @@ def test_empty_json_decision_is_400(harness: Harness) -> None:
 
 
 def test_json_media_type_is_case_insensitive(harness: Harness) -> None:
-    started = harness.start({"data": {"a": 1}, "reason": "check"})
-    harness.pump_notify()
+    body = json.dumps({"decision": "reject", "reason": "no"}).encode()
 
-    response = harness.call(
-        http_event(
-            "POST",
-            started["approvalUrl"],
-            body=json.dumps({"decision": "reject", "reason": "no"}),
-            headers={"content-type": "Application/JSON"},
-        )
-    )
+    started, response = _post_json_decision(harness, body, "Application/JSON")
 
     assert response["statusCode"] == 200, response["body"]
     assert harness.status(started["id"])["status"] == "rejected"

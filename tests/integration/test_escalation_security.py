@@ -156,12 +156,12 @@ def test_tampered_link_is_403(harness: Harness, database: Database, part: str) -
     assert harness.status(started["id"])["status"] == "pending"
     assert "escalation.decision_refused" in audit_actions(database, started["id"])
     with database.transaction() as connection:
-        refused = connection.execute(
+        rejected = connection.execute(
             "SELECT metadata->>'why' AS why FROM audit_log "
             "WHERE task_id = %s AND action = 'escalation.decision_refused'",
             (started["id"],),
         ).fetchall()
-    assert [row["why"] for row in refused] == ["invalid_link"]
+    assert [row["why"] for row in rejected] == ["invalid_link"]
 
 
 @pytest.mark.parametrize("expires", ["1" + "0" * 5_000, "\u00b2", "1" * 20, "-1"])
