@@ -41,7 +41,9 @@ def test_late_completion_skips_takeover(database: Database) -> None:
     observer = Database(database.config)
     store = BatchStore(database)
     old_store = BatchStore(old_worker)
-    old_store.claim([_request()], owner="old", lease_s=0.01)
+    first = old_store.claim([_request()], owner="old", lease_s=0.01)
+    row_id = first[KEY].row_id
+    assert row_id is not None
     time.sleep(0.05)
 
     finished: list[set[str]] = []
@@ -51,7 +53,7 @@ def test_late_completion_skips_takeover(database: Database) -> None:
     with database.transaction() as takeover:
         rows = store.claim([_request()], owner="new", lease_s=60, connection=takeover)
         assert rows[KEY].claimed
-        late = Completion(KEY, "completed", True, 1, None, None, None, {"v": "old"})
+        late = Completion(row_id, "completed", True, 1, None, None, None, {"v": "old"})
         worker = threading.Thread(
             target=lambda: finished.append(old_store.complete([late], owner="old"))
         )

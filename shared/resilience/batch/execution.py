@@ -42,7 +42,7 @@ class DegradedAnswerError(TransientError):
     """The LLM chain answered only with its template; worth retrying later."""
 
 
-@dataclass
+@dataclass(slots=True)
 class CallOutcome:
     ok: bool
     calls: int

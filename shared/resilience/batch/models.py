@@ -8,6 +8,7 @@ conflict, never a cached result.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -170,6 +171,17 @@ _CANONICAL_JSON = json.JSONEncoder(
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _tail(org_id: str, processor: str) -> str:
+    """Return the canonical JSON of an item after its data.
+
+    Sorted keys put "data" first, so the rest of the object depends only on
+    the org and the processor, which a run shares across its items.
+    """
+    org = _CANONICAL_JSON.encode(org_id)
+    return f',"org":{org},"processor":{_CANONICAL_JSON.encode(processor)}}}'
+
+
 def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
     """Return the SHA-256 of the item's canonical JSON (org, processor, data).
 
@@ -179,9 +191,7 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
             lone surrogate). The error names the field, such as ``data.note``.
     """
     try:
-        canonical = _CANONICAL_JSON.encode(
-            {"org": org_id, "processor": processor, "data": data}
-        )
+        canonical = '{"data":' + _CANONICAL_JSON.encode(data) + _tail(org_id, processor)
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             f"item data must be JSON (objects, arrays, strings, finite numbers, "
@@ -229,13 +239,14 @@ def _raise_unstorable_text(canonical: str) -> NoReturn:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BatchItem:
     """One unit of work as received, before validation.
 
     ``item_id`` keeps the raw value (possibly None or empty) so that a rejected
     item can still be reported. ``message_id`` and ``group_id`` are set for
-    items read from SQS.
+    items read from SQS. The runner never changes an item; it is not frozen
+    because a frozen dataclass takes about four times as long to build.
     """
 
     batch_id: str
@@ -247,7 +258,7 @@ class BatchItem:
     org_id: str = "default"
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemResult:
     """The outcome of one item in one run, in the shape the API returns."""
 

@@ -43,7 +43,7 @@ __all__ = [
 TakeoverPolicy = Literal["retry", "escalate"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ItemContext:
     """Input of one processor call.
 

@@ -111,7 +111,7 @@ class BatchRun:
         return [r for r in self.results if r.handed_back]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     """A valid, claimed-or-not item during a run."""
 
@@ -122,6 +122,8 @@ class _Work:
     hash: str
     processor: Processor
     claim: ClaimRow | None = None
+    # The id of the row this run claimed; set only on claimed items.
+    row_id: int | None = None
     base_attempts: int = 0
     # The first item of this run with the same key; set on later ones.
     duplicate_of: _Work | None = None
@@ -289,9 +291,10 @@ class BatchRunner:
         for w in work:
             row = rows.get(w.key)
             w.claim = row
-            if row is None or not row.claimed:
+            if row is None or row.row_id is None:
                 results[w.index] = _unclaimed_result(w, row)
             else:
+                w.row_id = row.row_id
                 w.base_attempts = (row.claimed_attempts or 1) - 1
                 to_run.append(w)
 
@@ -310,9 +313,9 @@ class BatchRunner:
                 item_id=w.item_id,
                 key=w.key,
                 payload_hash=w.hash,
-                data=w.item.data,
                 processor=w.processor.name,
                 org_id=w.item.org_id,
+                data=w.item.data,
             )
             for w in work
         ]
@@ -538,7 +541,7 @@ class BatchRunner:
             return _retryable(
                 w.item, Reason.DATABASE_UNAVAILABLE, str(error), result.attempts
             )
-        if w.key not in owned:
+        if w.row_id not in owned:
             return _retryable(w.item, Reason.LEASE_LOST, None, result.attempts)
         return result
 
@@ -560,7 +563,7 @@ class BatchRunner:
 
         for w in work:
             previous = results[w.index]
-            if previous is None or w.key in owned:
+            if previous is None or w.row_id in owned:
                 continue
             if previous.status is ItemStatus.NOT_STARTED:
                 continue
@@ -878,10 +881,11 @@ def _duplicate_result(
 
 
 def _completion(w: _Work, result: ItemResult) -> Completion:
+    assert w.row_id is not None, "only claimed items are recorded"
     if result.status is ItemStatus.NOT_STARTED:
         # Hand back unstarted: status stays in_progress, lease ends now.
         return Completion(
-            key=w.key,
+            row_id=w.row_id,
             status=ItemStatus.IN_PROGRESS,
             success=None,
             attempts=w.base_attempts,
@@ -893,7 +897,7 @@ def _completion(w: _Work, result: ItemResult) -> Completion:
         )
     keep_started = result.reason == Reason.ESCALATION_FAILED
     return Completion(
-        key=w.key,
+        row_id=w.row_id,
         status=str(result.status),
         success=result.ok,
         attempts=result.attempts,
