@@ -1,8 +1,10 @@
-"""The completion statement keeps a plan that reads its outcomes once.
+"""Plans of the batch statements that the table's size must not change.
 
-A plan that scans batch_item on the outer side of a nested loop reads all the
-outcomes again for every row it finds: for a batch of 1,000 that is a million
-comparisons, about 200 ms instead of 5.
+A completion plan that scans batch_item on the outer side of a nested loop
+reads all the outcomes again for every row it finds: for a batch of 1,000
+that is a million comparisons, about 200 ms instead of 5. Lookups by batch
+must find their rows through the key index, the only index besides the
+primary key.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ import json
 from typing import Any
 
 from resilience.batch import idempotency_key, payload_hash
-from resilience.batch.store import _COMPLETE, BatchStore, ClaimRequest, Completion
+from resilience.batch.models import batch_key_range
+from resilience.batch.operations import _FAILED
+from resilience.batch.store import (
+    _COMPLETE,
+    _SUMMARY,
+    BatchStore,
+    ClaimRequest,
+    Completion,
+)
 from resilience.db import Database
 
 BATCH_SIZE = 1000
@@ -69,3 +79,33 @@ def test_completion_plan_reads_outcomes_once(database: Database) -> None:
     assert not _outcomes_read_per_row(plan), plan
 
     assert len(store.complete(completions, owner="new")) == BATCH_SIZE
+
+
+def _index_names(plan: dict[str, Any]) -> set[str]:
+    names = {plan["Index Name"]} if "Index Name" in plan else set()
+    for child in plan.get("Plans", []):
+        names |= _index_names(child)
+    return names
+
+
+def test_batch_lookups_read_the_key_range(database: Database) -> None:
+    store = BatchStore(database)
+    for batch in range(3):
+        store.claim(_requests(f"range-{batch}"), owner="w", lease_s=60)
+    params = {**batch_key_range("range-1"), "org_id": "default"}
+    for statement in (_SUMMARY, _FAILED):
+        with database.transaction() as conn:
+            # With sequential scans priced out, a plan without an index scan
+            # means no index can serve the lookup.
+            conn.execute("SET LOCAL enable_seqscan = off")
+            explained = conn.execute(
+                "EXPLAIN (FORMAT JSON) " + statement, params
+            ).fetchone()
+        assert explained is not None
+        plan = next(iter(explained.values()))[0]["Plan"]
+        assert _index_names(plan) == {"batch_item_idempotency_key_key"}, plan
+
+    rows = store.summary_rows("range-1", org_id="default")
+    assert sorted(row["item_id"] for row in rows) == sorted(
+        f"i{n}" for n in range(BATCH_SIZE)
+    )

@@ -31,6 +31,7 @@ __all__ = [
     "ItemResult",
     "ItemStatus",
     "Reason",
+    "batch_key_range",
     "idempotency_key",
     "payload_hash",
     "validate_batch_id",
@@ -162,6 +163,16 @@ def validate_item_id(raw: object) -> str | None:
 
 def idempotency_key(batch_id: str, item_id: str) -> str:
     return f"batch:{batch_id}:item:{item_id}"
+
+
+def batch_key_range(batch_id: str) -> dict[str, str]:
+    """Return the bounds of a batch's keys in byte order: first <= key < end.
+
+    A batch id has no ':', and ';' follows ':', so every key of the batch and
+    no other key lies in the range. Queries by batch scan it in the key index.
+    """
+    first = idempotency_key(batch_id, "")
+    return {"batch_id": batch_id, "first_key": first, "end_key": first[:-1] + ";"}
 
 
 # One encoder for every hash: building one per call costs about as much as

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resilience.audit import write_audit
-from resilience.batch.models import Reason, idempotency_key
+from resilience.batch.models import Reason, batch_key_range, idempotency_key
 from resilience.db import Database, get_database
 
 __all__ = [
@@ -37,7 +37,8 @@ _FAILED = """
 SELECT item_id, idempotency_key, reason, error, retryable, attempts, processor,
        data, updated_at
 FROM batch_item
-WHERE batch_id = %s AND org_id = %s AND status = 'failed'
+WHERE idempotency_key >= %(first_key)s AND idempotency_key < %(end_key)s
+  AND batch_id = %(batch_id)s AND org_id = %(org_id)s AND status = 'failed'
 ORDER BY id
 """
 
@@ -45,8 +46,9 @@ ORDER BY id
 _REOPEN = """
 UPDATE batch_item
 SET retryable = true, started_at = NULL, updated_at = now()
-WHERE batch_id = %s AND org_id = %s AND status = 'failed'
-  AND (%s::text IS NULL OR item_id = %s)
+WHERE idempotency_key >= %(first_key)s AND idempotency_key < %(end_key)s
+  AND batch_id = %(batch_id)s AND org_id = %(org_id)s AND status = 'failed'
+  AND (%(item_id)s::text IS NULL OR item_id = %(item_id)s)
 RETURNING item_id, data, processor
 """
 
@@ -84,7 +86,9 @@ def list_failed(
     """Return the failed items of a batch, oldest first."""
     database = database or get_database()
     with database.transaction() as conn:
-        rows = conn.execute(_FAILED, (batch_id, org_id)).fetchall()
+        rows = conn.execute(
+            _FAILED, {**batch_key_range(batch_id), "org_id": org_id}
+        ).fetchall()
     return [
         FailedItem(
             item_id=row["item_id"],
@@ -115,7 +119,10 @@ def redrive_batch(
     """
     database = database or get_database()
     with database.transaction() as conn:
-        rows = conn.execute(_REOPEN, (batch_id, org_id, item_id, item_id)).fetchall()
+        rows = conn.execute(
+            _REOPEN,
+            {**batch_key_range(batch_id), "org_id": org_id, "item_id": item_id},
+        ).fetchall()
         write_audit(
             conn,
             pattern="batch",

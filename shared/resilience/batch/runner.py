@@ -362,6 +362,7 @@ class BatchRunner:
         # a lease held elsewhere) also stop the later items of their group.
         first_failure = _first_failure_by_group(results) if fifo else {}
         observed_s: dict[str, float] = {}
+        reserve_s = self._reserve_s()
 
         for w in work:
             group = w.item.group_id if fifo else None
@@ -374,7 +375,7 @@ class BatchRunner:
                     w.processor.expected_duration_s,
                     observed_s.get(w.processor.name, 0.0),
                 )
-                if budget.remaining_s() - self._reserve_s() < estimate:
+                if budget.remaining_s() - reserve_s < estimate:
                     result = _not_started(w, Reason.NOT_STARTED)
                 elif (
                     w.claim is not None
@@ -898,7 +899,7 @@ def _completion(w: _Work, result: ItemResult) -> Completion:
     keep_started = result.reason == Reason.ESCALATION_FAILED
     return Completion(
         row_id=w.row_id,
-        status=str(result.status),
+        status=result.status,
         success=result.ok,
         attempts=result.attempts,
         reason=result.reason,

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.rows import tuple_row
 
+from resilience.batch.models import batch_key_range
 from resilience.db import Database
 
 __all__ = ["BatchStore", "ClaimRequest", "ClaimRow", "Completion"]
@@ -141,7 +142,8 @@ SELECT item_id, idempotency_key, status, success, attempts, reason, error,
        retryable, output, processor, data, lease_until, started_at,
        created_at, updated_at
 FROM batch_item
-WHERE batch_id = %s AND org_id = %s
+WHERE idempotency_key >= %(first_key)s AND idempotency_key < %(end_key)s
+  AND batch_id = %(batch_id)s AND org_id = %(org_id)s
 ORDER BY id
 """
 
@@ -248,7 +250,9 @@ class BatchStore:
 
     def summary_rows(self, batch_id: str, *, org_id: str) -> list[dict[str, Any]]:
         with self.database.transaction() as conn:
-            return conn.execute(_SUMMARY, (batch_id, org_id)).fetchall()
+            return conn.execute(
+                _SUMMARY, {**batch_key_range(batch_id), "org_id": org_id}
+            ).fetchall()
 
 
 def _json(rows: Sequence[Any]) -> str:
