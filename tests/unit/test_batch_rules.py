@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -189,6 +191,29 @@ def test_hash_depends_on_data_org_and_processor() -> None:
     assert payload_hash({"a": 1, "b": 3}, processor="echo", org_id="o1") != base
     assert payload_hash({"a": 1, "b": 2}, processor="llm", org_id="o1") != base
     assert payload_hash({"a": 1, "b": 2}, processor="echo", org_id="o2") != base
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        "text",
+        [1, 2.5, -0.0, 1e20, 10**30, True, None],
+        {"b": {"z": [], "y": {}}, "a": 'é"\\\n\u2028', "ü": 1},
+        {1: "int key"},
+        ("a", "tuple"),
+    ],
+)
+def test_hash_text_is_stable(data: Any) -> None:
+    # Stored rows keep the hash, so it must stay the SHA-256 of the item
+    # object written with sorted keys, compact separators and raw UTF-8.
+    item = {"org": "o1", "processor": "echo", "data": data}
+    canonical = json.dumps(
+        item, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    expected = hashlib.sha256(canonical.encode()).hexdigest()
+
+    assert payload_hash(data, processor="echo", org_id="o1") == expected
 
 
 @pytest.mark.parametrize("data", [{"x": math.nan}, {"x": object()}])

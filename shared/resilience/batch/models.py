@@ -12,7 +12,8 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn
 
@@ -175,11 +176,44 @@ def batch_key_range(batch_id: str) -> dict[str, str]:
     return {"batch_id": batch_id, "first_key": first, "end_key": first[:-1] + ";"}
 
 
-# One encoder for every hash: building one per call costs about as much as
-# encoding a small item.
-_CANONICAL_JSON = json.JSONEncoder(
+_CANONICAL_OPTIONS = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
+
+
+def _canonical_encoder() -> Callable[[Any], str]:
+    """Return a function that writes JSON with the canonical options.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which takes
+    three times as long as encoding a small item; this builds it once. A
+    circular structure then fails as RecursionError, not ValueError. Where the
+    C encoder is missing or writes anything else, the standard path is used.
+    """
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return _CANONICAL_OPTIONS.encode
+    encoder = make_encoder(
+        None,  # no markers: circular structures recurse until RecursionError
+        _CANONICAL_OPTIONS.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,  # no indent
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    sample = {"b": [1, 2.5, -0.0, 1e20, None, True], "a": 'é"\n', "c": {}}
+    if encode(sample) != _CANONICAL_OPTIONS.encode(sample):
+        return _CANONICAL_OPTIONS.encode
+    return encode
+
+
+_canonical_json = _canonical_encoder()
 
 
 @functools.lru_cache(maxsize=256)
@@ -189,8 +223,8 @@ def _tail(org_id: str, processor: str) -> str:
     Sorted keys put "data" first, so the rest of the object depends only on
     the org and the processor, which a run shares across its items.
     """
-    org = _CANONICAL_JSON.encode(org_id)
-    return f',"org":{org},"processor":{_CANONICAL_JSON.encode(processor)}}}'
+    org = _canonical_json(org_id)
+    return f',"org":{org},"processor":{_canonical_json(processor)}}}'
 
 
 def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
@@ -202,7 +236,7 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
             lone surrogate). The error names the field, such as ``data.note``.
     """
     try:
-        canonical = '{"data":' + _CANONICAL_JSON.encode(data) + _tail(org_id, processor)
+        canonical = '{"data":' + _canonical_json(data) + _tail(org_id, processor)
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             f"item data must be JSON (objects, arrays, strings, finite numbers, "
@@ -281,7 +315,6 @@ class ItemResult:
     retryable: bool = False
     cached: bool = False
     output: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
