@@ -13,10 +13,10 @@ A run goes through these steps:
    item's expected duration plus the reserve. Items that do not fit are not
    started and are handed back. In FIFO mode, a failure hands back the rest of
    its message group unstarted.
-4. Record the outcomes: one statement for processors without side effects;
-   items with side effects are recorded as they start and as they complete.
-5. Write one audit row per batch id with the counts, and emit
-   ``BatchFailureRate`` (percent of finished items that failed).
+4. Record the outcomes of processors without side effects in one statement,
+   and one audit row per batch id with the counts, in one transaction. Items
+   with side effects are recorded as they start and as they complete.
+5. Emit ``BatchFailureRate`` (percent of finished items that failed).
 """
 
 from __future__ import annotations
@@ -189,23 +189,17 @@ class BatchRunner:
                     raise IdempotencyConflictError(w.key)
 
         primaries = [w for w in work if w.duplicate_of is None]
+        unrecorded: list[tuple[_Work, Completion]] = []
         if primaries:
             if budget.remaining_s() < self._reserve_s():
                 for w in primaries:
                     results[w.index] = _not_started(w, Reason.NOT_STARTED)
             else:
-                self._claim_and_execute(
+                unrecorded = self._claim_and_execute(
                     primaries, results, budget, run, raise_on_conflict, fifo
                 )
 
-        for w in work:
-            if w.duplicate_of is not None:
-                results[w.index] = _duplicate_result(
-                    w, w.duplicate_of, results[w.duplicate_of.index]
-                )
-
-        run.results = [r for r in results if r is not None]
-        self._finish(run)
+        self._finish(run, work, results, unrecorded)
         return run
 
     # ------------------------------------------------------------ steps
@@ -272,7 +266,8 @@ class BatchRunner:
         run: BatchRun,
         raise_on_conflict: bool,
         fifo: bool,
-    ) -> None:
+    ) -> list[tuple[_Work, Completion]]:
+        """Claim and run the items; return the outcomes still to record."""
         owner = run.owner
         lease_s = compute_lease_seconds(budget.raw_remaining_s(), self.settings)
         try:
@@ -285,7 +280,7 @@ class BatchRunner:
                 results[w.index] = _retryable(
                     w.item, Reason.DATABASE_UNAVAILABLE, str(error), 0
                 )
-            return
+            return []
 
         to_run: list[_Work] = []
         for w in work:
@@ -298,7 +293,7 @@ class BatchRunner:
                 w.base_attempts = (row.claimed_attempts or 1) - 1
                 to_run.append(w)
 
-        self._execute(to_run, results, budget, run, fifo)
+        return self._execute(to_run, results, budget, run, fifo)
 
     def _claim(
         self,
@@ -353,10 +348,9 @@ class BatchRunner:
         budget: TimeBudget,
         run: BatchRun,
         fifo: bool,
-    ) -> None:
-        owner = run.owner
-        bulk: list[Completion] = []
-        bulk_work: list[_Work] = []
+    ) -> list[tuple[_Work, Completion]]:
+        """Run the claimed items; return the outcomes recorded with the audit."""
+        unrecorded: list[tuple[_Work, Completion]] = []
         failed_groups: set[str] = set()
         # Items that failed before this step (invalid, a stored final failure,
         # a lease held elsewhere) also stop the later items of their group.
@@ -400,14 +394,11 @@ class BatchRunner:
             if w.processor.side_effects and result.status is not ItemStatus.NOT_STARTED:
                 result = self._record_now(w, result, completion, run)
             else:
-                bulk.append(completion)
-                bulk_work.append(w)
+                unrecorded.append((w, completion))
             results[w.index] = result
             if group is not None and not result.ok:
                 failed_groups.add(group)
-
-        if bulk:
-            self._record_bulk(bulk, bulk_work, results, owner)
+        return unrecorded
 
     def _run_one(
         self,
@@ -546,67 +537,43 @@ class BatchRunner:
             return _retryable(w.item, Reason.LEASE_LOST, None, result.attempts)
         return result
 
-    def _record_bulk(
+    def _finish(
         self,
-        completions: list[Completion],
+        run: BatchRun,
         work: list[_Work],
         results: list[ItemResult | None],
-        owner: str,
+        unrecorded: list[tuple[_Work, Completion]],
     ) -> None:
-        error_text: str | None = None
-        try:
-            owned = self.store.complete(completions, owner=owner)
-        except DatabaseUnavailableError as error:
-            logger.warning(
-                "batch.record_failed", extra={"run_id": owner, "error": str(error)}
-            )
-            owned, error_text = set(), str(error)
+        """Record the remaining outcomes and the audit rows in one transaction.
 
-        for w in work:
-            previous = results[w.index]
-            if previous is None or w.row_id in owned:
-                continue
-            if previous.status is ItemStatus.NOT_STARTED:
-                continue
-            # The outcome is not stored, so the item must be delivered again.
-            reason = Reason.DATABASE_UNAVAILABLE if error_text else Reason.LEASE_LOST
-            results[w.index] = _retryable(w.item, reason, error_text, previous.attempts)
-
-    def _finish(self, run: BatchRun) -> None:
-        counts_by_batch: dict[tuple[str, str], dict[str, int]] = {}
-        for result in run.results:
-            counts = counts_by_batch.setdefault(
-                (result.item.org_id, result.item.batch_id),
-                {"total": 0, "completed": 0, "failed": 0, "handedBack": 0},
-            )
-            counts["total"] += 1
-            if result.status is ItemStatus.COMPLETED:
-                counts["completed"] += 1
-            elif result.status is ItemStatus.FAILED:
-                counts["failed"] += 1
-            if result.retryable:
-                counts["handedBack"] += 1
-
+        One commit instead of two: if the audit row cannot be written, the
+        outcomes are not stored either and the items come back, which only
+        happens when PostgreSQL fails.
+        """
         try:
             with self.database.transaction() as connection:
-                for (org_id, batch_id), counts in counts_by_batch.items():
-                    if _org_batch_error(org_id, batch_id) is not None:
-                        # Such items failed as invalid_item, and an audit row
-                        # could not store their ids (a NUL, for example).
-                        continue
-                    write_audit(
-                        connection,
-                        pattern="batch",
-                        action="batch.run_completed",
-                        task_id=batch_id,
-                        run_id=run.run_id,
-                        org_id=org_id,
-                        metadata=counts,
+                owned: set[int] = set()
+                if unrecorded:
+                    owned = self.store.complete_in(
+                        connection, [c for _, c in unrecorded], owner=run.owner
                     )
+                run.results = _final_results(work, results, unrecorded, owned, None)
+                self._write_audit(connection, run)
         except DatabaseUnavailableError as error:
-            logger.warning(
-                "batch.audit_failed", extra={"run_id": run.run_id, "error": str(error)}
-            )
+            if unrecorded:
+                logger.warning(
+                    "batch.record_failed",
+                    extra={"run_id": run.run_id, "error": str(error)},
+                )
+            run.results = _final_results(work, results, unrecorded, set(), str(error))
+            try:
+                with self.database.transaction() as connection:
+                    self._write_audit(connection, run)
+            except DatabaseUnavailableError as audit_error:
+                logger.warning(
+                    "batch.audit_failed",
+                    extra={"run_id": run.run_id, "error": str(audit_error)},
+                )
 
         finished = run.completed + run.failed
         if finished:
@@ -622,6 +589,37 @@ class BatchRunner:
                 "failed": run.failed,
             },
         )
+
+    def _write_audit(self, connection: psycopg.Connection[Any], run: BatchRun) -> None:
+        """Write one audit row with the counts of each batch in the run."""
+        counts_by_batch: dict[tuple[str, str], dict[str, int]] = {}
+        for result in run.results:
+            counts = counts_by_batch.setdefault(
+                (result.item.org_id, result.item.batch_id),
+                {"total": 0, "completed": 0, "failed": 0, "handedBack": 0},
+            )
+            counts["total"] += 1
+            if result.status is ItemStatus.COMPLETED:
+                counts["completed"] += 1
+            elif result.status is ItemStatus.FAILED:
+                counts["failed"] += 1
+            if result.retryable:
+                counts["handedBack"] += 1
+
+        for (org_id, batch_id), counts in counts_by_batch.items():
+            if _org_batch_error(org_id, batch_id) is not None:
+                # Such items failed as invalid_item, and an audit row could
+                # not store their ids (a NUL, for example).
+                continue
+            write_audit(
+                connection,
+                pattern="batch",
+                action="batch.run_completed",
+                task_id=batch_id,
+                run_id=run.run_id,
+                org_id=org_id,
+                metadata=counts,
+            )
 
     def _reserve_s(self) -> float:
         return self.settings.time_reserve_ms / 1000.0
@@ -688,6 +686,36 @@ def _first_failure_by_group(results: list[ItemResult | None]) -> dict[str, int]:
         if result is not None and not result.ok and result.item.group_id is not None:
             first.setdefault(result.item.group_id, index)
     return first
+
+
+def _final_results(
+    work: list[_Work],
+    results: list[ItemResult | None],
+    unrecorded: list[tuple[_Work, Completion]],
+    owned: set[int],
+    error: str | None,
+) -> list[ItemResult]:
+    """Return the run's results in item order, once the outcomes are recorded.
+
+    An outcome whose row the run no longer owns, or that was not stored at
+    all (``error``), goes back to be delivered again. Then each repeated key
+    takes its result from its first item.
+    """
+    final = list(results)
+    for w, _ in unrecorded:
+        previous = final[w.index]
+        if previous is None or w.row_id in owned:
+            continue
+        if previous.status is ItemStatus.NOT_STARTED:
+            continue
+        reason = Reason.DATABASE_UNAVAILABLE if error else Reason.LEASE_LOST
+        final[w.index] = _retryable(w.item, reason, error, previous.attempts)
+    for w in work:
+        if w.duplicate_of is not None:
+            final[w.index] = _duplicate_result(
+                w, w.duplicate_of, final[w.duplicate_of.index]
+            )
+    return [result for result in final if result is not None]
 
 
 def _unstorable_output(value: Any) -> str | None:

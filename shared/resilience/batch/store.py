@@ -243,10 +243,20 @@ class BatchStore:
         """Record outcomes in one statement; return the row ids still owned."""
         if not completions:
             return set()
-        params = {"outcomes": _json(completions), "owner": owner}
         with self.database.transaction() as conn:
-            cursor = conn.cursor(row_factory=tuple_row)
-            return {row[0] for row in cursor.execute(_COMPLETE, params)}
+            return self.complete_in(conn, completions, owner=owner)
+
+    def complete_in(
+        self,
+        connection: psycopg.Connection[Any],
+        completions: Sequence[Completion],
+        *,
+        owner: str,
+    ) -> set[int]:
+        """Record outcomes in the caller's transaction (see :meth:`complete`)."""
+        params = {"outcomes": _json(completions), "owner": owner}
+        cursor = connection.cursor(row_factory=tuple_row)
+        return {row[0] for row in cursor.execute(_COMPLETE, params)}
 
     def summary_rows(self, batch_id: str, *, org_id: str) -> list[dict[str, Any]]:
         with self.database.transaction() as conn:
