@@ -50,6 +50,7 @@ __all__ = [
     "parse_json_object",
     "reject_unknown_fields",
     "serve_http_or_sqs",
+    "text_problem",
     "truncate_for_message",
     "validate_json_value",
     "validate_org_id",
@@ -276,7 +277,7 @@ def validate_json_value(
                 field=path,
             )
         if isinstance(current, str):
-            problem = _text_problem(current)
+            problem = text_problem(current)
             if problem is not None:
                 path = _json_path(field, parents, parent, segment)
                 raise ValidationError(f"{path} {problem}", field=path)
@@ -310,7 +311,7 @@ def _check_key(
             f"({json_type_name(key)}): JSON object keys are strings",
             field=path,
         )
-    problem = _text_problem(key)
+    problem = text_problem(key)
     if problem is not None:
         path = f"{_json_path(field, parents, *parents[node])} key {key[:40]!r}"
         raise ValidationError(f"{path} {problem}", field=path)
@@ -380,7 +381,7 @@ def storable_text(text: str) -> str:
     return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _text_problem(text: str) -> str | None:
+def text_problem(text: str) -> str | None:
     """Return why ``text`` cannot be stored, or None when it can."""
     if "\x00" in text:
         return "contains the NUL character (\\u0000), which cannot be stored: remove it"

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from resilience.api import (
     MAX_JSON_DEPTH,
     json_text,
+    text_problem,
     validate_json_value,
 )
 from resilience.errors import ValidationError
@@ -158,7 +159,9 @@ def validate_item_id(raw: object) -> str | None:
             f"id has {len(raw)} characters; the maximum is {MAX_ITEM_ID_LENGTH}",
             field="id",
         )
-    validate_json_value(raw, field="id")
+    problem = text_problem(raw)
+    if problem is not None:
+        raise ValidationError(f"id {problem}", field="id")
     return raw
 
 

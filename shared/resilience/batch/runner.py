@@ -355,8 +355,13 @@ class BatchRunner:
         # Items that failed before this step (invalid, a stored final failure,
         # a lease held elsewhere) also stop the later items of their group.
         first_failure = _first_failure_by_group(results) if fifo else {}
-        observed_s: dict[str, float] = {}
+        # Seconds an item of each processor is expected to take: its declared
+        # estimate, raised to the longest call seen in this run.
+        estimate_s: dict[str, float] = {}
         reserve_s = self._reserve_s()
+
+        def call_time_left_s() -> float:
+            return budget.remaining_s() - reserve_s
 
         for w in work:
             group = w.item.group_id if fifo else None
@@ -365,30 +370,24 @@ class BatchRunner:
             ):
                 result = _not_started(w, Reason.GROUP_FAILED)
             else:
-                estimate = max(
-                    w.processor.expected_duration_s,
-                    observed_s.get(w.processor.name, 0.0),
-                )
+                processor = w.processor
+                estimate = estimate_s.get(processor.name, processor.expected_duration_s)
                 if budget.remaining_s() - reserve_s < estimate:
                     result = _not_started(w, Reason.NOT_STARTED)
                 elif (
                     w.claim is not None
                     and w.claim.taken_over
-                    and (
-                        w.processor.side_effects
-                        and w.processor.takeover_policy == "escalate"
-                    )
+                    and processor.side_effects
+                    and processor.takeover_policy == "escalate"
                 ):
                     result = self._escalate_item(w)
                 else:
                     started_at = budget.now()
-                    result = self._run_one(w, budget, run, estimate)
+                    result = self._run_one(w, budget, run, estimate, call_time_left_s)
                     elapsed = budget.now() - started_at
-                    if result.attempts > w.base_attempts:
-                        per_call = elapsed / max(1, result.attempts - w.base_attempts)
-                        observed_s[w.processor.name] = max(
-                            observed_s.get(w.processor.name, 0.0), per_call
-                        )
+                    calls = result.attempts - w.base_attempts
+                    if calls > 0 and elapsed / calls > estimate:
+                        estimate_s[processor.name] = elapsed / calls
 
             completion = _completion(w, result)
             if w.processor.side_effects and result.status is not ItemStatus.NOT_STARTED:
@@ -406,6 +405,7 @@ class BatchRunner:
         budget: TimeBudget,
         run: BatchRun,
         estimate: float,
+        call_time_left_s: Callable[[], float],
     ) -> ItemResult:
         if w.processor.side_effects:
             try:
@@ -425,7 +425,7 @@ class BatchRunner:
                 idempotency_key=w.key,
                 attempt=w.base_attempts + call_number,
                 org_id=w.item.org_id,
-                remaining_s=lambda: budget.remaining_s() - self._reserve_s(),
+                remaining_s=call_time_left_s,
                 run_id=run.run_id,
             )
 
@@ -575,18 +575,20 @@ class BatchRunner:
                     extra={"run_id": run.run_id, "error": str(audit_error)},
                 )
 
-        finished = run.completed + run.failed
-        if finished:
+        completed, failed = run.completed, run.failed
+        if completed + failed:
             emit_metric(
-                "BatchFailureRate", 100.0 * run.failed / finished, MetricUnit.Percent
+                "BatchFailureRate",
+                100.0 * failed / (completed + failed),
+                MetricUnit.Percent,
             )
         logger.info(
             "batch.run_completed",
             extra={
                 "run_id": run.run_id,
                 "total": len(run.results),
-                "completed": run.completed,
-                "failed": run.failed,
+                "completed": completed,
+                "failed": failed,
             },
         )
 
