@@ -295,9 +295,13 @@ class Scripted:
         self.errors = list(errors)
         self.calls_per_try = calls_per_try
         self.tries = 0
+        self.attempts: list[int] = []
+        self.extras_seen: list[dict[str, Any]] = []
 
     def process(self, context: ItemContext) -> Any:
         self.tries += 1
+        self.attempts.append(context.attempt)
+        self.extras_seen.append(dict(context.extra))
         context.extra["calls"] = self.calls_per_try
         if self.errors:
             raise self.errors.pop(0)
@@ -305,20 +309,18 @@ class Scripted:
 
 
 def _run(processor: Scripted, budget: TimeBudget | None = None, **settings: Any) -> Any:
-    def make_context(call_number: int) -> ItemContext:
-        return ItemContext(
-            batch_id="b1",
-            item_id="i1",
-            data={},
-            idempotency_key="batch:b1:item:i1",
-            attempt=call_number,
-            org_id="default",
-            remaining_s=lambda: 10.0,
-        )
-
+    context = ItemContext(
+        batch_id="b1",
+        item_id="i1",
+        data={},
+        idempotency_key="batch:b1:item:i1",
+        attempt=1,
+        org_id="default",
+        remaining_s=lambda: 10.0,
+    )
     return run_item(
         processor,
-        make_context,
+        context,
         budget=budget or TimeBudget(None, budget_s=60),
         settings=BatchSettings(**settings),
         estimate_s=0.0,
@@ -333,6 +335,17 @@ def test_transient_then_success() -> None:
     assert outcome.ok is True
     assert outcome.calls == 3
     assert outcome.output == "done"
+
+
+def test_each_try_gets_its_attempt_number_and_fresh_extra() -> None:
+    processor = Scripted(UpstreamServerError("503"), calls_per_try=2)
+
+    outcome = _run(processor, max_attempts=5)
+
+    assert outcome.ok is True
+    # The first try made calls 1 and 2, so the second try starts at 3.
+    assert processor.attempts == [1, 3]
+    assert processor.extras_seen == [{}, {}]
 
 
 def test_attempts_capped_at_three() -> None:

@@ -9,8 +9,7 @@ as retryable and spends no attempt.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import stamina
@@ -97,7 +96,7 @@ class _Calls:
 
 def run_item(
     processor: Processor,
-    make_context: Callable[[int], ItemContext],
+    context: ItemContext,
     *,
     budget: TimeBudget,
     settings: BatchSettings,
@@ -105,15 +104,15 @@ def run_item(
 ) -> CallOutcome:
     """Call the processor, retrying retryable failures while time and attempts last.
 
-    ``make_context(n)`` builds the context of the n-th call in this run. The
-    first call is made outside stamina, so that items which succeed at once
-    cost nothing extra. Its failure is re-raised as stamina's first attempt,
-    so every wait comes from stamina. Stamina's test mode
-    (``stamina.set_testing``) removes the waits.
+    ``context`` is the first call's; each retry gets a copy with the next
+    attempt number and an empty ``extra``. The first call is made outside
+    stamina, so that items which succeed at once cost nothing extra. Its
+    failure is re-raised as stamina's first attempt, so every wait comes from
+    stamina. Stamina's test mode (``stamina.set_testing``) removes the waits.
     """
     calls = _Calls()
     try:
-        output = _call(processor, make_context, calls)
+        output = _call(processor, context, calls)
         return CallOutcome(ok=True, calls=calls.count, output=output)
     except Exception as error:  # every failure is an item outcome
         first_error: Exception | None = error
@@ -134,16 +133,16 @@ def run_item(
                 if first_error is not None:
                     pending, first_error = first_error, None
                     raise pending
-                output = _call(processor, make_context, calls)
+                retry = replace(
+                    context, attempt=context.attempt + calls.count, extra={}
+                )
+                output = _call(processor, retry, calls)
         return CallOutcome(ok=True, calls=calls.count, output=output)
     except Exception as error:
         return _failed(error, calls)
 
 
-def _call(
-    processor: Processor, make_context: Callable[[int], ItemContext], calls: _Calls
-) -> Any:
-    context = make_context(calls.count + 1)
+def _call(processor: Processor, context: ItemContext, calls: _Calls) -> Any:
     try:
         output = processor.process(context)
     except BreakerOpenError:

@@ -417,21 +417,19 @@ class BatchRunner:
             if not still_owned:
                 return _retryable(w.item, Reason.LEASE_LOST, None, w.base_attempts)
 
-        def make_context(call_number: int) -> ItemContext:
-            return ItemContext(
-                batch_id=w.item.batch_id,
-                item_id=w.item_id,
-                data=w.item.data,
-                idempotency_key=w.key,
-                attempt=w.base_attempts + call_number,
-                org_id=w.item.org_id,
-                remaining_s=call_time_left_s,
-                run_id=run.run_id,
-            )
-
+        context = ItemContext(
+            batch_id=w.item.batch_id,
+            item_id=w.item_id,
+            data=w.item.data,
+            idempotency_key=w.key,
+            attempt=w.base_attempts + 1,
+            org_id=w.item.org_id,
+            remaining_s=call_time_left_s,
+            run_id=run.run_id,
+        )
         outcome = run_item(
             w.processor,
-            make_context,
+            context,
             budget=budget,
             settings=self.settings,
             estimate_s=estimate,
