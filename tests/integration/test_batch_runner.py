@@ -356,8 +356,9 @@ def test_side_effects_recorded_as_they_happen(database: Database) -> None:
         downstream.stop()
 
     assert all(r.ok for r in run.results)
-    # claim + (started, completed) per item + audit, each with its SET LOCAL
-    assert counting.statements == 2 + 3 * 4 + 2
+    # claim (with its commit setting) + (started, completed) per item + audit,
+    # each with its SET LOCAL
+    assert counting.statements == 3 + 3 * 4 + 2
     assert downstream.effects == {f"batch:side:item:i{n}": 1 for n in (1, 2, 3)}
 
 

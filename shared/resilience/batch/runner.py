@@ -230,8 +230,9 @@ class BatchRunner:
                 continue
             name = item.processor or self.settings.default_processor
             try:
-                processor = processors.get(name) or self.registry.get(name)
-                processors[name] = processor
+                processor = processors.get(name)
+                if processor is None:
+                    processor = processors[name] = self.registry.get(name)
                 digest = payload_hash(item.data, processor=name, org_id=item.org_id)
             except (ValidationError, ConfigError) as error:
                 reason = (
@@ -317,6 +318,14 @@ class BatchRunner:
         for attempt in range(1, _CLAIM_DEADLOCK_RETRIES + 1):
             try:
                 with self.database.transaction() as connection:
+                    # The claim's commit does not wait for its WAL to reach
+                    # disk. Whatever follows a claim commits synchronously
+                    # first (the record of the outcomes, mark_started before a
+                    # call with side effects, the store of an escalation), and
+                    # that flush covers the claim too. A PostgreSQL crash in
+                    # between loses only leases: the record then fails and the
+                    # items come back, as for any crash before it.
+                    connection.execute("SET LOCAL synchronous_commit = off")
                     rows = self.store.claim(
                         requests,
                         owner=owner,
@@ -435,7 +444,9 @@ class BatchRunner:
             estimate_s=estimate,
         )
         attempts = w.base_attempts + outcome.calls
-        output_error = _unstorable_output(outcome.output) if outcome.ok else None
+        output_error = None
+        if outcome.ok and outcome.output is not None:
+            output_error = _unstorable_output(outcome.output)
         if output_error is not None:
             return ItemResult(
                 w.item,
@@ -594,10 +605,11 @@ class BatchRunner:
         """Write one audit row with the counts of each batch in the run."""
         counts_by_batch: dict[tuple[str, str], dict[str, int]] = {}
         for result in run.results:
-            counts = counts_by_batch.setdefault(
-                (result.item.org_id, result.item.batch_id),
-                {"total": 0, "completed": 0, "failed": 0, "handedBack": 0},
-            )
+            batch = (result.item.org_id, result.item.batch_id)
+            counts = counts_by_batch.get(batch)
+            if counts is None:
+                counts = {"total": 0, "completed": 0, "failed": 0, "handedBack": 0}
+                counts_by_batch[batch] = counts
             counts["total"] += 1
             if result.status is ItemStatus.COMPLETED:
                 counts["completed"] += 1
