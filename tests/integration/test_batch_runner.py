@@ -18,8 +18,13 @@ from resilience.batch import (
     ItemStatus,
     ProcessorRegistry,
 )
+from resilience.batch import runner as runner_module
 from resilience.db import Database, DatabaseConfig
-from resilience.errors import IdempotencyConflictError, PermanentError
+from resilience.errors import (
+    DatabaseUnavailableError,
+    IdempotencyConflictError,
+    PermanentError,
+)
 from tests.batch_support import (
     ClockProcessor,
     CountingDatabase,
@@ -703,3 +708,42 @@ def test_fifo_group_waits_for_item_held_elsewhere(database: Database) -> None:
     assert later.status is ItemStatus.NOT_STARTED
     assert later.reason == "group_failed"
     assert processor.calls == {}
+
+
+def test_failed_record_keeps_outcomes_and_audit_together(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The audit row fails inside the record transaction, as it would if
+    # PostgreSQL went away between the two statements.
+    audit_calls: list[dict[str, Any]] = []
+
+    def write_audit(connection: Any, **fields: Any) -> bool:
+        audit_calls.append(fields)
+        if len(audit_calls) == 1:
+            raise DatabaseUnavailableError("connection lost")
+        return real_write_audit(connection, **fields)
+
+    real_write_audit = runner_module.write_audit
+    monkeypatch.setattr(runner_module, "write_audit", write_audit)
+    processor = Recording()
+    runner = make_runner(database, processor)
+
+    run = runner.run(items("b11", "i1", "i2"))
+
+    # Nothing was stored, so both items come back to be delivered again.
+    assert [(r.reason, r.retryable) for r in run.results] == [
+        ("database_unavailable", True),
+        ("database_unavailable", True),
+    ]
+    with database.transaction() as conn:
+        rows = conn.execute(
+            "SELECT status FROM batch_item WHERE batch_id = 'b11'"
+        ).fetchall()
+        audit = conn.execute(
+            "SELECT metadata FROM audit_log WHERE task_id = 'b11'"
+        ).fetchall()
+    assert [row["status"] for row in rows] == ["in_progress", "in_progress"]
+    # The audit row was tried once more on its own, with the items handed back.
+    assert [row["metadata"] for row in audit] == [
+        {"total": 2, "completed": 0, "failed": 2, "handedBack": 2}
+    ]
