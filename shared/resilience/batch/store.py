@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 # when the payload hash matches and the row is free: a retryable failure, or
 # in progress with an expired lease. Rows are inserted in key order so that
 # concurrent claims of overlapping batches take row locks in the same order
-# and rarely deadlock; byte order ("C") is as consistent as the column's
-# collation and much cheaper to sort. The outer SELECT reads the table as it
+# and rarely deadlock; the order is byte order ("C"), the column's own, which
+# is cheap to sort. The outer SELECT reads the table as it
 # was before this statement, which returns the stored state of every key
 # that was not claimed. That lookup is a lateral index probe (LIMIT 1 keeps
 # the planner from turning it into a scan of the table) that runs only for
