@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import stamina
 
+from local.embedded import free_port
 from resilience.api import MAX_MESSAGE_CHARS
 from resilience.batch import (
     BatchItem,
@@ -747,3 +748,28 @@ def test_failed_record_keeps_outcomes_and_audit_together(
     assert [row["metadata"] for row in audit] == [
         {"total": 2, "completed": 0, "failed": 2, "handedBack": 2}
     ]
+
+
+def test_unreachable_database_is_tried_once_per_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on the port, so the claim fails, and the audit row of
+    # the run is the only other write: one attempt each, not a retry that
+    # would spend a second connect timeout.
+    unreachable = Database(
+        DatabaseConfig(
+            url=f"postgresql://postgres@127.0.0.1:{free_port()}/test",
+            connect_timeout_s=1,
+        )
+    )
+    runner = make_runner(unreachable, Recording())
+
+    with caplog.at_level("INFO"):
+        run = runner.run(items("b12", "i1"))
+
+    assert [(r.reason, r.retryable) for r in run.results] == [
+        ("database_unavailable", True)
+    ]
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("db.connecting") == 2
+    assert messages.count("batch.audit_failed") == 1

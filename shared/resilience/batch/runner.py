@@ -570,19 +570,19 @@ class BatchRunner:
                 run.results = _final_results(work, results, unrecorded, owned, None)
                 self._write_audit(connection, run)
         except DatabaseUnavailableError as error:
+            run.results = _final_results(work, results, unrecorded, set(), str(error))
             if unrecorded:
                 logger.warning(
                     "batch.record_failed",
                     extra={"run_id": run.run_id, "error": str(error)},
                 )
-            run.results = _final_results(work, results, unrecorded, set(), str(error))
-            try:
-                with self.database.transaction() as connection:
-                    self._write_audit(connection, run)
-            except DatabaseUnavailableError as audit_error:
+                # The completion can fail on its own (a statement timeout)
+                # while PostgreSQL still takes the audit row.
+                self._write_audit_alone(run)
+            else:
                 logger.warning(
                     "batch.audit_failed",
-                    extra={"run_id": run.run_id, "error": str(audit_error)},
+                    extra={"run_id": run.run_id, "error": str(error)},
                 )
 
         completed, failed = run.completed, run.failed
@@ -601,6 +601,15 @@ class BatchRunner:
                 "failed": failed,
             },
         )
+
+    def _write_audit_alone(self, run: BatchRun) -> None:
+        try:
+            with self.database.transaction() as connection:
+                self._write_audit(connection, run)
+        except DatabaseUnavailableError as error:
+            logger.warning(
+                "batch.audit_failed", extra={"run_id": run.run_id, "error": str(error)}
+            )
 
     def _write_audit(self, connection: psycopg.Connection[Any], run: BatchRun) -> None:
         """Write one audit row with the counts of each batch in the run."""
