@@ -28,19 +28,18 @@ logger = logging.getLogger(__name__)
 
 # The claim. Each row's fields arrive as an array in one jsonb document and
 # its data in a second, json document, read side by side. jsonb reads a field
-# at once, where json parses the row again for every field read. data is
+# directly, where json parses the row again for every field read. data is
 # read as json, not jsonb, so that it is stored as the exact text written
 # here (see batch_item.data in schema.sql). ON CONFLICT takes over a row only
 # when the payload hash matches and the row is free: a retryable failure, or
 # in progress with an expired lease. Rows are inserted in key order so that
 # concurrent claims of overlapping batches take row locks in the same order
 # and rarely deadlock; the order is byte order ("C"), the column's own, which
-# is cheap to sort. The outer SELECT reads the table as it
-# was before this statement, which returns the stored state of every key
-# that was not claimed. That lookup is a lateral index probe (LIMIT 1 keeps
-# the planner from turning it into a scan of the table) that runs only for
-# unclaimed keys, so a batch of new items reads nothing back, however large
-# the table.
+# is cheap to sort. The outer SELECT reads the table as it was before this
+# statement, which returns the stored state of every key that was not
+# claimed. That lookup is a lateral index probe (LIMIT 1 keeps the planner
+# from turning it into a scan of the table) that runs only for unclaimed
+# keys, so a batch of new items reads nothing back, however large the table.
 _CLAIM = """
 WITH input AS (
     SELECT f->>0 AS batch_id, f->>1 AS item_id, f->>2 AS idempotency_key,
