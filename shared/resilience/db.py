@@ -184,6 +184,17 @@ class Database:
                     f"PostgreSQL statement timed out after {timeout_ms} ms",
                     sqlstate=exc.sqlstate,
                 ) from exc
+            except (
+                psycopg.errors.DeadlockDetected,
+                psycopg.errors.SerializationFailure,
+            ) as exc:
+                # PostgreSQL rolled the transaction back and the connection is
+                # fine, so keep it. The caller may run the transaction again
+                # (sqlstate 40P01 or 40001).
+                raise DatabaseUnavailableError(
+                    f"PostgreSQL rolled the transaction back: {exc}",
+                    sqlstate=exc.sqlstate,
+                ) from exc
             except _CONNECTION_ERRORS as exc:
                 logger.warning(
                     "db.connection_failed", extra={"error": type(exc).__name__}

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import stamina
 
@@ -20,11 +21,13 @@ from resilience.batch import (
     ProcessorRegistry,
 )
 from resilience.batch import runner as runner_module
+from resilience.batch.store import BatchStore
 from resilience.db import Database, DatabaseConfig
 from resilience.errors import (
     DatabaseUnavailableError,
     IdempotencyConflictError,
     PermanentError,
+    ValidationError,
 )
 from tests.batch_support import (
     ClockProcessor,
@@ -773,3 +776,67 @@ def test_unreachable_database_is_tried_once_per_step(
     messages = [record.getMessage() for record in caplog.records]
     assert messages.count("db.connecting") == 2
     assert messages.count("batch.audit_failed") == 1
+
+
+@pytest.mark.parametrize("step", ["claim", "complete_in"])
+def test_deadlock_victim_runs_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    # PostgreSQL rolls one transaction of a deadlock back; the runner runs
+    # that transaction again instead of handing every item back.
+    real = getattr(BatchStore, step)
+    calls: list[str] = []
+
+    def deadlock_once(self: BatchStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(step)
+        if len(calls) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchStore, step, deadlock_once)
+    runner = make_runner(database, Recording())
+
+    run = runner.run(items(f"b13-{step}", "i1", "i2"))
+
+    assert calls == [step, step]
+    assert [(r.status, r.attempts) for r in run.results] == [
+        (ItemStatus.COMPLETED, 1),
+        (ItemStatus.COMPLETED, 1),
+    ]
+
+
+def test_items_with_unusable_ids_do_not_cost_the_others(database: Database) -> None:
+    runner = make_runner(database, Recording())
+
+    run = runner.run(
+        [
+            BatchItem("b14", "good", {"x": 1}, "recording"),
+            BatchItem(["not", "a", "batch id"], "i1", {}, "recording"),  # type: ignore[arg-type]
+            BatchItem("b14", "org", {}, "recording", org_id={"a": 1}),  # type: ignore[arg-type]
+        ]
+    )
+
+    assert [(r.status, r.reason) for r in run.results] == [
+        (ItemStatus.COMPLETED, None),
+        (ItemStatus.FAILED, "invalid_item"),
+        (ItemStatus.FAILED, "invalid_item"),
+    ]
+    with database.transaction() as conn:
+        stored = conn.execute(
+            "SELECT status FROM batch_item WHERE batch_id = 'b14'"
+        ).fetchall()
+    assert stored == [{"status": "completed"}]
+
+
+def test_unstorable_run_id_is_rejected_before_claiming(database: Database) -> None:
+    runner = make_runner(database, Recording())
+
+    with pytest.raises(ValidationError) as caught:
+        runner.run(items("b15", "i1"), run_id="req\x00id")
+
+    assert caught.value.field == "run_id"
+    with database.transaction() as conn:
+        stored = conn.execute(
+            "SELECT count(*) AS n FROM batch_item WHERE batch_id = 'b15'"
+        ).fetchone()
+    assert stored == {"n": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg
@@ -116,3 +117,50 @@ def test_embedded_postgres_creates_missing_data_dir(tmp_path: Path) -> None:
             assert connection.execute("SELECT 1").fetchone() == (1,)
     finally:
         server.close()
+
+
+def test_deadlock_victim_keeps_its_connection(database: Database) -> None:
+    # Two transactions lock the same two rows in opposite orders. PostgreSQL
+    # rolls one back; that one reports sqlstate 40P01 and its connection
+    # stays open, so the caller can run the transaction again.
+    with database.transaction() as conn:
+        conn.execute(
+            "INSERT INTO audit_log (pattern, action, task_id) "
+            "VALUES ('test', 'lock', 'a'), ('test', 'lock', 'b')"
+        )
+    first = Database(database.config)
+    second = Database(database.config)
+    both_locked_one = threading.Barrier(2)
+    errors: dict[str, DatabaseUnavailableError] = {}
+
+    def lock(db: Database, name: str, order: tuple[str, str]) -> None:
+        try:
+            with db.transaction() as conn:
+                for task_id in order:
+                    conn.execute(
+                        "SELECT id FROM audit_log WHERE task_id = %s FOR UPDATE",
+                        (task_id,),
+                    )
+                    if task_id == order[0]:
+                        both_locked_one.wait(timeout=10)
+        except DatabaseUnavailableError as error:
+            errors[name] = error
+
+    threads = [
+        threading.Thread(target=lock, args=(first, "first", ("a", "b"))),
+        threading.Thread(target=lock, args=(second, "second", ("b", "a"))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(errors) == 1
+    ((name, error),) = errors.items()
+    assert error.sqlstate == "40P01"
+    victim = first if name == "first" else second
+    assert victim._is_open()
+    with victim.transaction() as conn:
+        assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+    first.close()
+    second.close()

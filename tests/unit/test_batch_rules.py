@@ -216,6 +216,14 @@ def test_hash_text_is_stable(data: Any) -> None:
     assert payload_hash(data, processor="echo", org_id="o1") == expected
 
 
+def test_hash_names_circular_data() -> None:
+    data: list[Any] = []
+    data.append(data)
+
+    with pytest.raises(ValidationError, match="Circular reference"):
+        payload_hash(data, processor="echo", org_id="o1")
+
+
 @pytest.mark.parametrize("data", [{"x": math.nan}, {"x": object()}])
 def test_hash_rejects_non_json(data: Any) -> None:
     with pytest.raises(ValidationError, match="item data must be JSON"):

@@ -173,7 +173,10 @@ def batch_key_range(batch_id: str) -> dict[str, str]:
     """Return the bounds of a batch's keys in byte order: first <= key < end.
 
     A batch id has no ':', and ';' follows ':', so every key of the batch and
-    no other key lies in the range. Queries by batch scan it in the key index.
+    no other key lies in the range. Queries by batch compare with
+    ``COLLATE "C"``, so the range holds whatever the column's collation, and
+    they scan it in the key index once the column sorts in byte order (see
+    schema.sql).
     """
     first = idempotency_key(batch_id, "")
     return {"batch_id": batch_id, "first_key": first, "end_key": first[:-1] + ";"}
@@ -239,7 +242,15 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
             lone surrogate). The error names the field, such as ``data.note``.
     """
     try:
-        canonical = '{"data":' + _canonical_json(data) + _tail(org_id, processor)
+        try:
+            canonical = '{"data":' + _canonical_json(data) + _tail(org_id, processor)
+        except RecursionError:
+            # The C encoder recurses once per level and raises past its limit
+            # (about 1,500 levels on CPython 3.12.1). The fast encoder has no
+            # check for circular structures, which end here too; the standard
+            # one names them (ValueError) and fails the same way on depth.
+            _CANONICAL_OPTIONS.encode(data)
+            raise
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             f"item data must be JSON (objects, arrays, strings, finite numbers, "
@@ -247,8 +258,6 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
             field="data",
         ) from None
     except RecursionError:
-        # The C encoder recurses once per level and raises past its limit
-        # (about 1,500 levels on CPython 3.12.1).
         raise ValidationError(
             "data is nested too deeply to encode as JSON: send at most "
             f"{MAX_JSON_DEPTH} levels of objects and arrays, as the HTTP API "

@@ -37,7 +37,8 @@ _FAILED = """
 SELECT item_id, idempotency_key, reason, error, retryable, attempts, processor,
        data, updated_at
 FROM batch_item
-WHERE idempotency_key >= %(first_key)s AND idempotency_key < %(end_key)s
+WHERE idempotency_key COLLATE "C" >= %(first_key)s
+  AND idempotency_key COLLATE "C" < %(end_key)s
   AND batch_id = %(batch_id)s AND org_id = %(org_id)s AND status = 'failed'
 ORDER BY id
 """
@@ -46,7 +47,8 @@ ORDER BY id
 _REOPEN = """
 UPDATE batch_item
 SET retryable = true, started_at = NULL, updated_at = now()
-WHERE idempotency_key >= %(first_key)s AND idempotency_key < %(end_key)s
+WHERE idempotency_key COLLATE "C" >= %(first_key)s
+  AND idempotency_key COLLATE "C" < %(end_key)s
   AND batch_id = %(batch_id)s AND org_id = %(org_id)s AND status = 'failed'
   AND (%(item_id)s::text IS NULL OR item_id = %(item_id)s)
 RETURNING item_id, data, processor

@@ -26,7 +26,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -35,6 +35,7 @@ from resilience.api import (
     bound_message,
     json_text,
     storable_text,
+    text_problem,
     truncate_for_message,
     validate_json_value,
     validate_org_id,
@@ -68,7 +69,10 @@ __all__ = ["BatchRun", "BatchRunner", "process_batch"]
 
 logger = logging.getLogger(__name__)
 
-_CLAIM_DEADLOCK_RETRIES = 3
+# A transaction that PostgreSQL rolled back to break a deadlock (SQLSTATE
+# 40P01) changed nothing and is run again, up to this many times in all.
+_DEADLOCK = "40P01"
+_DEADLOCK_ATTEMPTS = 3
 
 # Deepest processor output that is stored. Python's JSON encoder and decoder
 # fail at about 1,500 levels on CPython 3.12. They fail sooner when called
@@ -84,6 +88,7 @@ MAX_LOGGED_REJECTIONS = 5
 DEFAULT_ESCALATION_TYPE = "batch_takeover"
 
 EscalateFn = Callable[..., Any]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -175,7 +180,17 @@ class BatchRunner:
         Raises:
             IdempotencyConflictError: with ``raise_on_conflict``, when any key
                 was stored with another payload; nothing is claimed or run.
+            ValidationError: ``run_id`` is not text that PostgreSQL can store
+                (it names the run's audit row); nothing is claimed or run.
         """
+        if run_id is not None and (
+            not isinstance(run_id, str) or text_problem(run_id) is not None
+        ):
+            raise ValidationError(
+                f"run_id must be text without NUL characters or lone "
+                f"surrogates, got {json_text(run_id)}",
+                field="run_id",
+            )
         budget = budget or TimeBudget(
             context, budget_s=self.settings.no_context_budget_s
         )
@@ -275,7 +290,8 @@ class BatchRunner:
             rows = self._claim(work, owner, lease_s, raise_on_conflict)
         except DatabaseUnavailableError as error:
             logger.warning(
-                "batch.claim_failed", extra={"run_id": owner, "error": str(error)}
+                "batch.claim_failed",
+                extra={"run_id": run.run_id, "owner": owner, "error": str(error)},
             )
             for w in work:
                 results[w.index] = _retryable(
@@ -316,40 +332,29 @@ class BatchRunner:
             )
             for w in work
         ]
-        for attempt in range(1, _CLAIM_DEADLOCK_RETRIES + 1):
-            try:
-                with self.database.transaction() as connection:
-                    # The claim's commit does not wait for its WAL to reach
-                    # disk. Whatever follows a claim commits synchronously
-                    # first (the record of the outcomes, mark_started before a
-                    # call with side effects, the store of an escalation), and
-                    # that flush covers the claim too. A PostgreSQL crash in
-                    # between loses only leases: the record then fails and the
-                    # items come back, as for any crash before it.
-                    connection.execute("SET LOCAL synchronous_commit = off")
-                    rows = self.store.claim(
-                        requests,
-                        owner=owner,
-                        lease_s=lease_s,
-                        connection=connection,
-                    )
-                    if raise_on_conflict:
-                        # Raising inside the transaction rolls the claim back,
-                        # so a conflicting request claims and runs nothing.
-                        for w in work:
-                            row = rows.get(w.key)
-                            if _is_conflict(w, row):
-                                raise IdempotencyConflictError(w.key)
+
+        def claim() -> dict[str, ClaimRow]:
+            with self.database.transaction() as connection:
+                # The claim's commit does not wait for its WAL to reach disk.
+                # Whatever follows a claim commits synchronously first (the
+                # record of the outcomes, mark_started before a call with side
+                # effects, the store of an escalation), and that flush covers
+                # the claim too. A PostgreSQL crash in between loses only
+                # leases: the record then fails and the items come back, as
+                # for any crash before it.
+                connection.execute("SET LOCAL synchronous_commit = off")
+                rows = self.store.claim(
+                    requests, owner=owner, lease_s=lease_s, connection=connection
+                )
+                if raise_on_conflict:
+                    # Raising inside the transaction rolls the claim back, so
+                    # a conflicting request claims and runs nothing.
+                    for w in work:
+                        if _is_conflict(w, rows.get(w.key)):
+                            raise IdempotencyConflictError(w.key)
                 return rows
-            except psycopg.errors.DeadlockDetected:
-                if attempt == _CLAIM_DEADLOCK_RETRIES:
-                    raise DatabaseUnavailableError(
-                        "claim failed: deadlock persisted after "
-                        f"{_CLAIM_DEADLOCK_RETRIES} attempts",
-                        sqlstate="40P01",
-                    ) from None
-                logger.info("batch.claim_deadlock_retry", extra={"attempt": attempt})
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        return _retry_deadlocks(claim, step="claim", owner=owner)
 
     def _execute(
         self,
@@ -560,15 +565,25 @@ class BatchRunner:
         outcomes are not stored either and the items come back, which only
         happens when PostgreSQL fails.
         """
-        try:
+        # In key order, the order in which claims lock rows, so that this
+        # statement and another worker's claim rarely wait for each other.
+        completions = [
+            completion
+            for _, completion in sorted(unrecorded, key=lambda pair: pair[0].key)
+        ]
+
+        def record() -> None:
             with self.database.transaction() as connection:
                 owned: set[int] = set()
-                if unrecorded:
+                if completions:
                     owned = self.store.complete_in(
-                        connection, [c for _, c in unrecorded], owner=run.owner
+                        connection, completions, owner=run.owner
                     )
                 run.results = _final_results(work, results, unrecorded, owned, None)
                 self._write_audit(connection, run)
+
+        try:
+            _retry_deadlocks(record, step="record", owner=run.owner)
         except DatabaseUnavailableError as error:
             run.results = _final_results(work, results, unrecorded, set(), str(error))
             if unrecorded:
@@ -616,6 +631,8 @@ class BatchRunner:
         counts_by_batch: dict[tuple[str, str], dict[str, int]] = {}
         for result in run.results:
             batch = (result.item.org_id, result.item.batch_id)
+            if not (isinstance(batch[0], str) and isinstance(batch[1], str)):
+                continue  # failed as invalid_item; no row can name such ids
             counts = counts_by_batch.get(batch)
             if counts is None:
                 counts = {"total": 0, "completed": 0, "failed": 0, "handedBack": 0}
@@ -708,6 +725,21 @@ def _first_failure_by_group(results: list[ItemResult | None]) -> dict[str, int]:
         if result is not None and not result.ok and result.item.group_id is not None:
             first.setdefault(result.item.group_id, index)
     return first
+
+
+def _retry_deadlocks(action: Callable[[], _T], *, step: str, owner: str) -> _T:
+    """Run one transaction, again if PostgreSQL rolled it back for a deadlock."""
+    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+        try:
+            return action()
+        except DatabaseUnavailableError as error:
+            if error.sqlstate != _DEADLOCK or attempt == _DEADLOCK_ATTEMPTS:
+                raise
+            logger.info(
+                "batch.deadlock_retry",
+                extra={"step": step, "owner": owner, "attempt": attempt},
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _final_results(

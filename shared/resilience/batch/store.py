@@ -141,7 +141,8 @@ SELECT item_id, idempotency_key, status, success, attempts, reason, error,
        retryable, output, processor, data, lease_until, started_at,
        created_at, updated_at
 FROM batch_item
-WHERE idempotency_key >= %(first_key)s AND idempotency_key < %(end_key)s
+WHERE idempotency_key COLLATE "C" >= %(first_key)s
+  AND idempotency_key COLLATE "C" < %(end_key)s
   AND batch_id = %(batch_id)s AND org_id = %(org_id)s
 ORDER BY id
 """
