@@ -778,25 +778,36 @@ def test_unreachable_database_is_tried_once_per_step(
     assert messages.count("batch.audit_failed") == 1
 
 
-@pytest.mark.parametrize("step", ["claim", "complete_in"])
-def test_deadlock_victim_runs_again(
-    database: Database, monkeypatch: pytest.MonkeyPatch, step: str
+@pytest.mark.parametrize(
+    ("step", "rollback"),
+    [
+        ("claim", psycopg.errors.DeadlockDetected),
+        ("complete_in", psycopg.errors.DeadlockDetected),
+        ("claim", psycopg.errors.SerializationFailure),
+    ],
+)
+def test_rolled_back_transaction_runs_again(
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    rollback: type[Exception],
 ) -> None:
-    # PostgreSQL rolls one transaction of a deadlock back; the runner runs
-    # that transaction again instead of handing every item back.
+    # PostgreSQL rolls one transaction of a deadlock (or a serialization
+    # conflict) back; the runner runs that transaction again instead of
+    # handing every item back.
     real = getattr(BatchStore, step)
     calls: list[str] = []
 
     def deadlock_once(self: BatchStore, *args: Any, **kwargs: Any) -> Any:
         calls.append(step)
         if len(calls) == 1:
-            raise psycopg.errors.DeadlockDetected("deadlock detected")
+            raise rollback("rolled back")
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(BatchStore, step, deadlock_once)
     runner = make_runner(database, Recording())
 
-    run = runner.run(items(f"b13-{step}", "i1", "i2"))
+    run = runner.run(items(f"b13-{step}-{rollback.__name__}", "i1", "i2"))
 
     assert calls == [step, step]
     assert [(r.status, r.attempts) for r in run.results] == [
@@ -840,3 +851,40 @@ def test_unstorable_run_id_is_rejected_before_claiming(database: Database) -> No
             "SELECT count(*) AS n FROM batch_item WHERE batch_id = 'b15'"
         ).fetchone()
     assert stored == {"n": 0}
+
+
+class _UnreadableError(Exception):
+    def __str__(self) -> str:
+        raise AttributeError("no message")
+
+
+class _Misbehaving(Recording):
+    """Fails with an exception whose message cannot be read, or over-reports calls."""
+
+    def process(self, context: ItemContext) -> Any:
+        if context.item_id == "unreadable":
+            raise _UnreadableError()
+        context.extra["calls"] = 2**31
+        return "done"
+
+
+def test_misbehaving_processor_costs_only_its_items(database: Database) -> None:
+    runner = make_runner(database, Recording(), _Misbehaving("misbehaving"))
+
+    run = runner.run(
+        [
+            BatchItem("b16", "good", {}, "recording"),
+            BatchItem("b16", "unreadable", {}, "misbehaving"),
+            BatchItem("b16", "many-calls", {}, "misbehaving"),
+            BatchItem("b16", "bad-processor", {}, ["not", "a", "name"]),  # type: ignore[arg-type]
+        ]
+    )
+
+    assert [(r.status, r.reason, r.attempts) for r in run.results] == [
+        (ItemStatus.COMPLETED, None, 1),
+        (ItemStatus.FAILED, "processor_error", 1),
+        (ItemStatus.COMPLETED, None, 1000),
+        (ItemStatus.FAILED, "invalid_item", 0),
+    ]
+    assert "could not be read" in (run.results[1].error or "")
+    assert "processor must be a processor name" in (run.results[3].error or "")

@@ -82,8 +82,13 @@ def classify_error(error: BaseException) -> tuple[Reason, bool]:
 
 
 def _error_text(error: BaseException) -> str:
-    # A downstream's message may carry any text, and it is stored.
-    text = storable_text(str(error)) or type(error).__name__
+    # A downstream's message may carry any text, and it is stored. Reading it
+    # runs the exception's own code, which can fail too.
+    try:
+        message = str(error)
+    except Exception:  # the message is lost, the item's outcome must not be
+        message = "(the exception's message could not be read)"
+    text = storable_text(message) or type(error).__name__
     return f"{type(error).__name__}: {text}"[:1000]
 
 
@@ -155,9 +160,17 @@ def _call(processor: Processor, context: ItemContext, calls: _Calls) -> Any:
     return output
 
 
+# The most calls one try may report. Attempts are stored as a PostgreSQL
+# integer; a processor reporting billions would overflow it and fail the
+# record of the whole run.
+MAX_REPORTED_CALLS = 1000
+
+
 def _reported_calls(context: ItemContext) -> int:
     reported = context.extra.get("calls", 1)
-    return reported if isinstance(reported, int) and reported >= 1 else 1
+    if not isinstance(reported, int) or reported < 1:
+        return 1
+    return min(reported, MAX_REPORTED_CALLS)
 
 
 def _should_retry(

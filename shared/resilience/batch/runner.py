@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -70,9 +72,12 @@ __all__ = ["BatchRun", "BatchRunner", "process_batch"]
 logger = logging.getLogger(__name__)
 
 # A transaction that PostgreSQL rolled back to break a deadlock (SQLSTATE
-# 40P01) changed nothing and is run again, up to this many times in all.
-_DEADLOCK = "40P01"
-_DEADLOCK_ATTEMPTS = 3
+# 40P01) or for a serialization failure (40001, under REPEATABLE READ or
+# SERIALIZABLE) changed nothing and is run again, up to this many times in
+# all, after a short random pause that lets the other transaction finish.
+_ROLLED_BACK = frozenset({"40P01", "40001"})
+_ROLLBACK_ATTEMPTS = 5
+_ROLLBACK_PAUSE_S = 0.02
 
 # Deepest processor output that is stored. Python's JSON encoder and decoder
 # fail at about 1,500 levels on CPython 3.12. They fail sooner when called
@@ -244,6 +249,13 @@ class BatchRunner:
                 results[index] = _final(item, Reason.MISSING_ITEM_ID, _id_error(item))
                 continue
             name = item.processor or self.settings.default_processor
+            if not isinstance(name, str):
+                results[index] = _final(
+                    item,
+                    Reason.INVALID_ITEM,
+                    f"processor must be a processor name (text), got {json_text(name)}",
+                )
+                continue
             try:
                 processor = processors.get(name)
                 if processor is None:
@@ -354,7 +366,7 @@ class BatchRunner:
                             raise IdempotencyConflictError(w.key)
                 return rows
 
-        return _retry_deadlocks(claim, step="claim", owner=owner)
+        return _retry_rollbacks(claim, step="claim", owner=owner)
 
     def _execute(
         self,
@@ -583,7 +595,7 @@ class BatchRunner:
                 self._write_audit(connection, run)
 
         try:
-            _retry_deadlocks(record, step="record", owner=run.owner)
+            _retry_rollbacks(record, step="record", owner=run.owner)
         except DatabaseUnavailableError as error:
             run.results = _final_results(work, results, unrecorded, set(), str(error))
             if unrecorded:
@@ -727,18 +739,24 @@ def _first_failure_by_group(results: list[ItemResult | None]) -> dict[str, int]:
     return first
 
 
-def _retry_deadlocks(action: Callable[[], _T], *, step: str, owner: str) -> _T:
-    """Run one transaction, again if PostgreSQL rolled it back for a deadlock."""
-    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+def _retry_rollbacks(action: Callable[[], _T], *, step: str, owner: str) -> _T:
+    """Run one transaction, again if PostgreSQL rolled it back to resolve a conflict."""
+    for attempt in range(1, _ROLLBACK_ATTEMPTS + 1):
         try:
             return action()
         except DatabaseUnavailableError as error:
-            if error.sqlstate != _DEADLOCK or attempt == _DEADLOCK_ATTEMPTS:
+            if error.sqlstate not in _ROLLED_BACK or attempt == _ROLLBACK_ATTEMPTS:
                 raise
             logger.info(
-                "batch.deadlock_retry",
-                extra={"step": step, "owner": owner, "attempt": attempt},
+                "batch.rollback_retry",
+                extra={
+                    "step": step,
+                    "owner": owner,
+                    "attempt": attempt,
+                    "sqlstate": error.sqlstate,
+                },
             )
+            time.sleep(random.uniform(0, _ROLLBACK_PAUSE_S * attempt))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
