@@ -27,6 +27,7 @@ from resilience.errors import (
     DatabaseUnavailableError,
     IdempotencyConflictError,
     PermanentError,
+    TransientError,
     ValidationError,
 )
 from tests.batch_support import (
@@ -858,12 +859,28 @@ class _UnreadableError(Exception):
         raise AttributeError("no message")
 
 
+class _BadRetryAfter(TransientError):
+    @property
+    def retry_after(self) -> float:
+        raise RuntimeError("no retry_after")
+
+
+class _BadRetryable(Exception):
+    @property
+    def retryable(self) -> bool:
+        raise RuntimeError("no retryable")
+
+
 class _Misbehaving(Recording):
-    """Fails with an exception whose message cannot be read, or over-reports calls."""
+    """Fails with exceptions whose attributes raise, or over-reports calls."""
 
     def process(self, context: ItemContext) -> Any:
         if context.item_id == "unreadable":
             raise _UnreadableError()
+        if context.item_id == "bad-retry-after":
+            raise _BadRetryAfter("busy")
+        if context.item_id == "bad-retryable":
+            raise _BadRetryable("odd")
         context.extra["calls"] = 2**31
         return "done"
 
@@ -877,6 +894,8 @@ def test_misbehaving_processor_costs_only_its_items(database: Database) -> None:
             BatchItem("b16", "unreadable", {}, "misbehaving"),
             BatchItem("b16", "many-calls", {}, "misbehaving"),
             BatchItem("b16", "bad-processor", {}, ["not", "a", "name"]),  # type: ignore[arg-type]
+            BatchItem("b16", "bad-retry-after", {}, "misbehaving"),
+            BatchItem("b16", "bad-retryable", {}, "misbehaving"),
         ]
     )
 
@@ -885,6 +904,9 @@ def test_misbehaving_processor_costs_only_its_items(database: Database) -> None:
         (ItemStatus.FAILED, "processor_error", 1),
         (ItemStatus.COMPLETED, None, 1000),
         (ItemStatus.FAILED, "invalid_item", 0),
+        # Retried with backoff, as a TransientError without a usable hint.
+        (ItemStatus.FAILED, "transient_error", 3),
+        (ItemStatus.FAILED, "processor_error", 1),
     ]
     assert "could not be read" in (run.results[1].error or "")
     assert "processor must be a processor name" in (run.results[3].error or "")

@@ -490,3 +490,16 @@ def test_downstream_key_hashes_unsendable(key: str) -> None:
 
 def test_downstream_key_keeps_plain_key() -> None:
     assert downstream_idempotency_key("batch:b1:item:i1") == "batch:b1:item:i1"
+
+
+def test_registry_refuses_incomplete_processor() -> None:
+    class NoEstimate:
+        name = "no-estimate"
+        side_effects = False
+        takeover_policy = "retry"
+
+        def process(self, context: ItemContext) -> Any:
+            return None
+
+    with pytest.raises(ConfigError, match="expected_duration_s"):
+        ProcessorRegistry().register(NoEstimate())  # type: ignore[arg-type]

@@ -73,12 +73,25 @@ def classify_error(error: BaseException) -> tuple[Reason, bool]:
     ``retryable = True``; an unknown exception is most often a bug, which a
     retry would repeat.
     """
+    retryable = _optional_attribute(error, "retryable")
     for error_type, reason in _REASONS:
         if isinstance(error, error_type):
-            return reason, bool(getattr(error, "retryable", False))
-    if getattr(error, "retryable", False) is True:
+            return reason, bool(retryable)
+    if retryable is True:
         return Reason.TRANSIENT_ERROR, True
     return Reason.PROCESSOR_ERROR, False
+
+
+def _optional_attribute(error: BaseException, name: str) -> Any:
+    """Read an attribute a processor's exception may have, or None.
+
+    The attribute can be a property of the processor's own code, and an
+    error while reading it must fail only the item, not the run.
+    """
+    try:
+        return getattr(error, name, None)
+    except Exception:
+        return None
 
 
 def _error_text(error: BaseException) -> str:
@@ -192,7 +205,7 @@ def _should_retry(
         settings.backoff_initial_s * settings.backoff_factor ** max(0, calls.count - 1),
     )
     wait_s += settings.backoff_jitter_s
-    retry_after = getattr(error, "retry_after", None)
+    retry_after = _optional_attribute(error, "retry_after")
     if isinstance(retry_after, int | float) and retry_after > 0:
         wait_s = float(retry_after)
 

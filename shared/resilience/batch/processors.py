@@ -201,7 +201,18 @@ class ProcessorRegistry:
         return set(BUILTIN_PROCESSORS) | set(self._config) | set(self._instances)
 
     def register(self, processor: Processor) -> None:
-        """Add a processor object under its ``name`` (replaces any other)."""
+        """Add a processor object under its ``name`` (replaces any other).
+
+        Raises:
+            ConfigError: the object lacks an attribute the runner reads, which
+                would otherwise fail a run after its items were claimed.
+        """
+        if not isinstance(processor, Processor):
+            raise ConfigError(
+                f"processor {getattr(processor, 'name', processor)!r} lacks name, "
+                "side_effects, takeover_policy, expected_duration_s or process()",
+                setting="processor",
+            )
         with self._lock:
             self._instances[processor.name] = processor
 
