@@ -402,17 +402,7 @@ def test_approval_of_data_at_limit_resumes(
 def test_repeated_json_key_is_422(
     harness: Harness, database: Database, raw: str, name: str
 ) -> None:
-    started = harness.start({"data": {"a": 1}, "reason": "check"})
-    harness.pump_notify()
-
-    response = harness.call(
-        http_event(
-            "POST",
-            started["approvalUrl"],
-            body=raw,
-            headers={"content-type": "application/json"},
-        )
-    )
+    started, response = _post_json_decision(harness, raw.encode())
 
     assert response["statusCode"] == 422, response["body"]
     error = json.loads(response["body"])
