@@ -100,10 +100,11 @@ BEGIN
     END IF;
 END
 $$;
--- Every claim inserts into every index of the table, so it keeps only two.
+-- Every claim inserts into every index of the table, so the table keeps
+-- only two.
 -- The key sorts in byte order ("C"), which is cheaper to compare, and every
 -- key of a batch then lies between "batch:{batch_id}:item:" and
--- "batch:{batch_id}:item;" (';' follows ':'; a batch id has no ':'). Lookups
+-- "batch:{batch_id}:item;" (';' follows ':', and a batch id has no ':'). Lookups
 -- by batch scan that range of the key index, which replaces an index on
 -- batch_id. Changing the collation rebuilds the key index once.
 DO $$

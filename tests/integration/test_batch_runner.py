@@ -715,7 +715,7 @@ def test_fifo_group_waits_for_item_held_elsewhere(database: Database) -> None:
     assert processor.calls == {}
 
 
-def test_failed_record_keeps_outcomes_and_audit_together(
+def test_failed_record_hands_items_back(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The audit row fails inside the record transaction, as it would if
@@ -754,7 +754,7 @@ def test_failed_record_keeps_outcomes_and_audit_together(
     ]
 
 
-def test_unreachable_database_is_tried_once_per_step(
+def test_unreachable_database_one_try_per_step(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Nothing listens on the port, so the claim fails, and the audit row of
@@ -794,7 +794,7 @@ def test_rolled_back_transaction_runs_again(
     rollback: type[Exception],
 ) -> None:
     # PostgreSQL rolls one transaction of a deadlock (or a serialization
-    # conflict) back; the runner runs that transaction again instead of
+    # conflict) back. The runner runs that transaction again instead of
     # handing every item back.
     real = getattr(BatchStore, step)
     calls: list[str] = []
@@ -817,7 +817,7 @@ def test_rolled_back_transaction_runs_again(
     ]
 
 
-def test_items_with_unusable_ids_do_not_cost_the_others(database: Database) -> None:
+def test_unusable_ids_fail_alone(database: Database) -> None:
     runner = make_runner(database, Recording())
 
     run = runner.run(
@@ -840,7 +840,7 @@ def test_items_with_unusable_ids_do_not_cost_the_others(database: Database) -> N
     assert stored == [{"status": "completed"}]
 
 
-def test_unstorable_run_id_is_rejected_before_claiming(database: Database) -> None:
+def test_unstorable_run_id_rejected(database: Database) -> None:
     runner = make_runner(database, Recording())
 
     with pytest.raises(ValidationError) as caught:
@@ -885,7 +885,7 @@ class _Misbehaving(Recording):
         return "done"
 
 
-def test_misbehaving_processor_costs_only_its_items(database: Database) -> None:
+def test_misbehaving_processor_fails_alone(database: Database) -> None:
     runner = make_runner(database, Recording(), _Misbehaving("misbehaving"))
 
     run = runner.run(

@@ -121,8 +121,8 @@ def test_embedded_postgres_creates_missing_data_dir(tmp_path: Path) -> None:
 
 def test_deadlock_victim_keeps_its_connection(database: Database) -> None:
     # Two transactions lock the same two rows in opposite orders. PostgreSQL
-    # rolls one back; that one reports sqlstate 40P01 and its connection
-    # stays open, so the caller can run the transaction again.
+    # rolls one back, which reports sqlstate 40P01 and keeps its connection
+    # open, so the caller can run the transaction again.
     with database.transaction() as conn:
         conn.execute(
             "INSERT INTO audit_log (pattern, action, task_id) "

@@ -345,7 +345,7 @@ def test_transient_then_success() -> None:
     assert outcome.output == "done"
 
 
-def test_each_try_gets_its_attempt_number_and_fresh_extra() -> None:
+def test_retry_context_attempt_and_extra() -> None:
     processor = Scripted(UpstreamServerError("503"), calls_per_try=2)
 
     outcome = _run(processor, max_attempts=5)

@@ -99,7 +99,7 @@ def _error_text(error: BaseException) -> str:
     # runs the exception's own code, which can fail too.
     try:
         message = str(error)
-    except Exception:  # the message is lost, the item's outcome must not be
+    except Exception:  # losing the message must not lose the item's outcome
         message = "(the exception's message could not be read)"
     text = storable_text(message) or type(error).__name__
     return f"{type(error).__name__}: {text}"[:1000]
@@ -173,8 +173,8 @@ def _call(processor: Processor, context: ItemContext, calls: _Calls) -> Any:
     return output
 
 
-# The most calls one try may report. Attempts are stored as a PostgreSQL
-# integer; a processor reporting billions would overflow it and fail the
+# Maximum calls one try may report. Attempts are stored as a PostgreSQL
+# integer, so a processor reporting billions would overflow it and fail the
 # record of the whole run.
 MAX_REPORTED_CALLS = 1000
 

@@ -174,9 +174,9 @@ def batch_key_range(batch_id: str) -> dict[str, str]:
 
     A batch id has no ':', and ';' follows ':', so every key of the batch and
     no other key lies in the range. Queries by batch compare with
-    ``COLLATE "C"``, so the range holds whatever the column's collation, and
-    they scan it in the key index once the column sorts in byte order (see
-    schema.sql).
+    ``COLLATE "C"``, so the range is correct whatever the column's collation.
+    Once the column sorts in byte order (schema.sql), they scan the range in
+    the key index.
     """
     first = idempotency_key(batch_id, "")
     return {"batch_id": batch_id, "first_key": first, "end_key": first[:-1] + ";"}
@@ -190,8 +190,9 @@ _CANONICAL_OPTIONS = json.JSONEncoder(
 def _canonical_encoder() -> Callable[[Any], str]:
     """Return a function that writes JSON with the canonical options.
 
-    ``JSONEncoder.encode`` builds a new C encoder on every call, which takes
-    three times as long as encoding a small item; this builds it once. A
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which took
+    three times as long as encoding a small item when measured, so this
+    builds it once. A
     circular structure then fails as RecursionError, not ValueError. Where the
     C encoder is missing or writes anything else, the standard path is used.
     """
@@ -247,8 +248,9 @@ def payload_hash(data: Any, *, processor: str, org_id: str) -> str:
         except RecursionError:
             # The C encoder recurses once per level and raises past its limit
             # (about 1,500 levels on CPython 3.12.1). The fast encoder has no
-            # check for circular structures, which end here too; the standard
-            # one names them (ValueError) and fails the same way on depth.
+            # check for circular structures, so they end here too. The
+            # standard encoder names them (ValueError) and fails the same way
+            # on depth.
             _CANONICAL_OPTIONS.encode(data)
             raise
     except (TypeError, ValueError) as exc:
@@ -302,8 +304,8 @@ class BatchItem:
 
     ``item_id`` keeps the raw value (possibly None or empty) so that a rejected
     item can still be reported. ``message_id`` and ``group_id`` are set for
-    items read from SQS. The runner never changes an item; it is not frozen
-    because a frozen dataclass takes about four times as long to build.
+    items read from SQS. The runner never changes an item. The class is not
+    frozen because a frozen dataclass takes about four times as long to build.
     """
 
     batch_id: str

@@ -209,8 +209,9 @@ class ProcessorRegistry:
         """
         if not isinstance(processor, Processor):
             raise ConfigError(
-                f"processor {getattr(processor, 'name', processor)!r} lacks name, "
-                "side_effects, takeover_policy, expected_duration_s or process()",
+                f"processor {getattr(processor, 'name', processor)!r} is missing "
+                "name, side_effects, takeover_policy, expected_duration_s or "
+                "process(): the runner reads all five",
                 setting="processor",
             )
         with self._lock:

@@ -71,10 +71,10 @@ __all__ = ["BatchRun", "BatchRunner", "process_batch"]
 
 logger = logging.getLogger(__name__)
 
-# A transaction that PostgreSQL rolled back to break a deadlock (SQLSTATE
-# 40P01) or for a serialization failure (40001, under REPEATABLE READ or
-# SERIALIZABLE) changed nothing and is run again, up to this many times in
-# all, after a short random pause that lets the other transaction finish.
+# A transaction that PostgreSQL rolled back, to break a deadlock (SQLSTATE
+# 40P01) or after a serialization failure (40001, under REPEATABLE READ or
+# SERIALIZABLE), changed nothing. It is run again, up to this many times in
+# all. A short random pause first lets the other transaction finish.
 _ROLLED_BACK = frozenset({"40P01", "40001"})
 _ROLLBACK_ATTEMPTS = 5
 _ROLLBACK_PAUSE_S = 0.02
@@ -132,7 +132,7 @@ class _Work:
     hash: str
     processor: Processor
     claim: ClaimRow | None = None
-    # The id of the row this run claimed; set only on claimed items.
+    # Id of the row this run claimed, None for an item it did not claim.
     row_id: int | None = None
     base_attempts: int = 0
     # The first item of this run with the same key; set on later ones.
@@ -295,7 +295,7 @@ class BatchRunner:
         raise_on_conflict: bool,
         fifo: bool,
     ) -> list[tuple[_Work, Completion]]:
-        """Claim and run the items; return the outcomes still to record."""
+        """Claim and run the items, and return the outcomes still to record."""
         owner = run.owner
         lease_s = compute_lease_seconds(budget.raw_remaining_s(), self.settings)
         try:
@@ -315,7 +315,7 @@ class BatchRunner:
         for w in work:
             row = rows.get(w.key)
             w.claim = row
-            if row is None or row.row_id is None:
+            if row is None or not row.claimed:
                 results[w.index] = _unclaimed_result(w, row)
             else:
                 w.row_id = row.row_id
@@ -376,7 +376,7 @@ class BatchRunner:
         run: BatchRun,
         fifo: bool,
     ) -> list[tuple[_Work, Completion]]:
-        """Run the claimed items; return the outcomes recorded with the audit."""
+        """Run the claimed items, and return the outcomes to record with the audit."""
         unrecorded: list[tuple[_Work, Completion]] = []
         failed_groups: set[str] = set()
         # Items that failed before this step (invalid, a stored final failure,
@@ -644,7 +644,9 @@ class BatchRunner:
         for result in run.results:
             batch = (result.item.org_id, result.item.batch_id)
             if not (isinstance(batch[0], str) and isinstance(batch[1], str)):
-                continue  # failed as invalid_item; no row can name such ids
+                # Such items failed as invalid_item, and the audit table
+                # cannot store ids that are not text.
+                continue
             counts = counts_by_batch.get(batch)
             if counts is None:
                 counts = {"total": 0, "completed": 0, "failed": 0, "handedBack": 0}
@@ -740,7 +742,7 @@ def _first_failure_by_group(results: list[ItemResult | None]) -> dict[str, int]:
 
 
 def _retry_rollbacks(action: Callable[[], _T], *, step: str, owner: str) -> _T:
-    """Run one transaction, again if PostgreSQL rolled it back to resolve a conflict."""
+    """Run one transaction, and again when PostgreSQL rolled it back for a conflict."""
     for attempt in range(1, _ROLLBACK_ATTEMPTS + 1):
         try:
             return action()

@@ -34,12 +34,13 @@ logger = logging.getLogger(__name__)
 # when the payload hash matches and the row is free: a retryable failure, or
 # in progress with an expired lease. Rows are inserted in key order so that
 # concurrent claims of overlapping batches take row locks in the same order
-# and rarely deadlock; the order is byte order ("C"), the column's own, which
-# is cheap to sort. The outer SELECT reads the table as it was before this
-# statement, which returns the stored state of every key that was not
-# claimed. That lookup is a lateral index probe (LIMIT 1 keeps the planner
-# from turning it into a scan of the table) that runs only for unclaimed
-# keys, so a batch of new items reads nothing back, however large the table.
+# and rarely deadlock. The order is byte order ("C"), the column's own
+# collation, which is cheap to sort. The outer SELECT reads the table as it
+# was before this statement, which returns the stored state of every key
+# that was not claimed. That lookup is a lateral index probe (LIMIT 1 keeps
+# the planner from turning it into a scan of the table) that runs only for
+# unclaimed keys, so a batch of new items reads nothing back, however large
+# the table.
 _CLAIM = """
 WITH input AS (
     SELECT f->>0 AS batch_id, f->>1 AS item_id, f->>2 AS idempotency_key,
@@ -240,7 +241,7 @@ class BatchStore:
         return row is not None
 
     def complete(self, completions: Sequence[Completion], *, owner: str) -> set[int]:
-        """Record outcomes in one statement; return the row ids still owned."""
+        """Record outcomes in one statement and return the row ids still owned."""
         if not completions:
             return set()
         with self.database.transaction() as conn:
